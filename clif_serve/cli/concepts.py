@@ -1,0 +1,97 @@
+"""`clif-serve concepts ...`: make, inspect, import and export concept packs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from clif_serve.cli.common import add_model_option
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("concepts", help="concept packs: new, inspect, import, export")
+    commands = parser.add_subparsers(dest="concepts_command", required=True, metavar="ACTION")
+
+    new = commands.add_parser(
+        "new",
+        help="make a pack whose tokens start from a class word",
+        description="Make a concept pack for <NAME> whose tokens start from the embedding of a class word.",
+    )
+    new.add_argument("name", help="concept name, [A-Za-z0-9_-]{1,64}; the trigger is <NAME>")
+    add_model_option(new)
+    new.add_argument("--init-from", required=True, metavar="WORD", help="class word, one token (e.g. dog)")
+    new.add_argument("--num-tokens", type=int, default=2, help="tokens per concept (default: 2)")
+    new.add_argument("-o", "--output", required=True, metavar="PACK", help="where to write the .safetensors pack")
+    new.set_defaults(handler=_new)
+
+    inspect = commands.add_parser("inspect", help="print a pack's manifest", description="Print a pack's manifest.")
+    inspect.add_argument("pack", help="a concept pack (.safetensors)")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of aligned text")
+    inspect.set_defaults(handler=_inspect)
+
+    imp = commands.add_parser(
+        "import",
+        help="make a pack from a diffusers textual-inversion file",
+        description="Import a textual-inversion file ({token: tensor}, emb_params or clip_l/clip_g layout).",
+    )
+    imp.add_argument("embedding", help="textual-inversion file (.safetensors, or .bin read with weights_only)")
+    add_model_option(imp)
+    imp.add_argument("--name", default=None, help="concept name (default: the stored token or the file name)")
+    imp.add_argument("--class-word", default="", help="class word to record in the manifest")
+    imp.add_argument("-o", "--output", required=True, metavar="PACK", help="where to write the pack")
+    imp.set_defaults(handler=_import)
+
+    exp = commands.add_parser(
+        "export",
+        help="write a pack as a diffusers textual-inversion file",
+        description="Write a pack's embeddings for pipe.load_textual_inversion (SDXL: clip_l/clip_g).",
+    )
+    exp.add_argument("pack", help="a concept pack (.safetensors)")
+    exp.add_argument("--layout", choices=("token", "emb_params"), default="token", help="SD1.5 key layout")
+    exp.add_argument("-o", "--output", required=True, help="where to write the textual-inversion file")
+    exp.set_defaults(handler=_export)
+
+
+def _new(args: argparse.Namespace) -> int:
+    from clif_serve.concepts.create import new_pack
+    from clif_serve.concepts.pack import write_pack
+    from clif_serve.models.loading import load_base_model
+
+    pack = new_pack(load_base_model(args.model), args.name, args.init_from, args.num_tokens)
+    print(write_pack(pack, args.output))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from clif_serve.concepts.pack import read_pack
+
+    pack = read_pack(args.pack)
+    manifest = pack.manifest()
+    manifest["embedding_shapes"] = json.dumps({k: list(v.shape) for k, v in sorted(pack.embeddings.items())})
+    if pack.lora is not None:
+        manifest["lora_modules"] = str(len(pack.lora.modules))
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        width = max(map(len, manifest))
+        for key, value in manifest.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from clif_serve.concepts.pack import write_pack
+    from clif_serve.concepts.textual_inversion import import_textual_inversion
+    from clif_serve.models.loading import load_base_model
+
+    pack = import_textual_inversion(args.embedding, load_base_model(args.model).spec, args.name, args.class_word)
+    print(write_pack(pack, args.output))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from clif_serve.concepts.pack import read_pack
+    from clif_serve.concepts.textual_inversion import export_textual_inversion
+
+    print(export_textual_inversion(read_pack(args.pack), args.output, args.layout))
+    return 0

@@ -1,0 +1,38 @@
+"""`clif-serve generate`: multi-concept generation in process (PyTorch executor)."""
+
+from __future__ import annotations
+
+import argparse
+
+from clif_serve.cli.common import add_generation_options, add_model_option, request_from_args
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate images with concepts, in process",
+        description="Generate images in process. Load concept packs with --concept and use their triggers "
+        "in the prompt, e.g. \"a photo of <a> and <b>\".",
+    )
+    add_generation_options(parser)
+    add_model_option(parser)
+    parser.add_argument(
+        "--concept", action="append", default=[], metavar="PACK", help="concept pack (.safetensors); repeatable"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from clif_serve.concepts.pack import read_pack
+    from clif_serve.runtime.factory import torch_pipeline
+    from clif_serve.runtime.images import save_pngs, to_uint8
+
+    pipeline = torch_pipeline(args.model, [read_pack(path) for path in args.concept])
+    request = request_from_args(args)
+    with tqdm(total=args.steps, desc="denoising", unit="step") as bar:
+        images = pipeline.generate(request, on_step=lambda done, total: bar.update(1))
+    for path in save_pngs(to_uint8(images), args.output):
+        print(path)
+    return 0

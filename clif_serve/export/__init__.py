@@ -1,0 +1,1 @@
+"""Export of the text encoder(s), UNet and VAE decoder to ONNX (and TensorRT engines)."""

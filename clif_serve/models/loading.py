@@ -1,0 +1,161 @@
+"""One loading path for every base model: `tiny`, `tiny-xl` or a local diffusers folder.
+
+Only local folders are read (`local_files_only=True`); nothing is ever fetched from a hub.
+A folder is checked for the SD1.5 or SDXL layout first, and an incomplete one is refused with
+the list of what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
+
+from clif_serve.errors import ModelFolderError
+from clif_serve.models.spec import ModelKind, ModelSpec, TextEncoderSpec, fingerprint_of
+from clif_serve.models.tiny import EMBEDDED_MODELS, embedded_model_dir
+
+LORA_TARGET_SUFFIXES = ("to_q", "to_k", "to_v", "to_out.0")
+_WEIGHT_FILES = ("*.safetensors", "*.bin")
+_COMMON = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
+_SDXL_EXTRA = ("text_encoder_2", "tokenizer_2")
+
+
+@dataclass
+class BaseModel:
+    """A loaded base model: its PyTorch components plus the weight-free `ModelSpec`."""
+
+    path: Path
+    spec: ModelSpec
+    tokenizers: tuple[CLIPTokenizer, ...]
+    text_encoders: tuple[torch.nn.Module, ...]
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """Map `tiny` / `tiny-xl` to their cached folders; otherwise check that the folder exists."""
+    if str(model) in EMBEDDED_MODELS:
+        return embedded_model_dir(str(model))
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ModelFolderError(
+            f"model {str(model)!r}: no such folder (give 'tiny', 'tiny-xl' or a local diffusers folder)"
+        )
+    return path
+
+
+def _missing_files(folder: Path, component: str) -> list[str]:
+    if not folder.is_dir():
+        return [f"{component}/"]
+    if component.startswith("tokenizer"):
+        has_vocab = (folder / "tokenizer.json").is_file() or (
+            (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+        )
+        return [] if has_vocab else [f"{component}/tokenizer.json (or vocab.json + merges.txt)"]
+    if component == "scheduler":
+        return [] if (folder / "scheduler_config.json").is_file() else [f"{component}/scheduler_config.json"]
+    missing = [] if (folder / "config.json").is_file() else [f"{component}/config.json"]
+    if not any(any(folder.glob(pattern)) for pattern in _WEIGHT_FILES):
+        missing.append(f"{component}/ weights (*.safetensors or *.bin)")
+    return missing
+
+
+def detect_layout(path: Path) -> tuple[ModelKind, dict]:
+    """Return ('sd15' | 'sdxl', model_index) for a complete folder, or raise naming what is missing."""
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise ModelFolderError(f"{path}: not a diffusers folder (model_index.json is missing)")
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelFolderError(f"{index_file}: not valid JSON ({exc})") from exc
+    has_second = isinstance(index.get("text_encoder_2"), list) and index["text_encoder_2"][0] is not None
+    kind: ModelKind = "sdxl" if has_second else "sd15"
+    components = _COMMON + (_SDXL_EXTRA if has_second else ())
+    missing = [item for component in components for item in _missing_files(path / component, component)]
+    if missing:
+        layout = "SDXL" if has_second else "SD1.5"
+        raise ModelFolderError(f"{path}: incomplete {layout} diffusers folder; missing: {', '.join(missing)}")
+    return kind, index
+
+
+def _text_encoder_spec(name: str, encoder, tokenizer: CLIPTokenizer, kind: ModelKind) -> TextEncoderSpec:
+    config = encoder.config
+    projection = getattr(encoder, "text_projection", None)
+    return TextEncoderSpec(
+        name=name,
+        vocab_size=int(encoder.get_input_embeddings().weight.shape[0]),
+        hidden_size=int(config.hidden_size),
+        max_length=int(min(tokenizer.model_max_length, config.max_position_embeddings)),
+        bos_token_id=int(tokenizer.bos_token_id),
+        eos_token_id=int(tokenizer.eos_token_id),
+        pad_token_id=int(tokenizer.pad_token_id),
+        hidden_layer="penultimate" if kind == "sdxl" else "last",
+        pooled_size=int(projection.out_features if projection is not None else config.hidden_size),
+    )
+
+
+def model_fingerprint(tokenizers, text_encoders) -> str:
+    """Fingerprint of a base model's text side: tokenizer vocabularies and token-embedding matrices."""
+    parts = []
+    for index, (tokenizer, encoder) in enumerate(zip(tokenizers, text_encoders, strict=True)):
+        vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
+        weight = encoder.get_input_embeddings().weight.detach().to("cpu", torch.float32).contiguous()
+        parts.append((f"tokenizer{index}", vocab))
+        parts.append((f"token_embedding{index}", weight.numpy().tobytes()))
+    return fingerprint_of(parts)
+
+
+def _lora_targets(unet: UNet2DConditionModel) -> dict[str, tuple[int, int]]:
+    return {
+        name: (module.in_features, module.out_features)
+        for name, module in unet.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.endswith(LORA_TARGET_SUFFIXES)
+    }
+
+
+def load_base_model(
+    model: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> BaseModel:
+    """Load `tiny`, `tiny-xl` or a local SD1.5/SDXL diffusers folder, in eval mode, gradients off."""
+    path = resolve_model_dir(model)
+    kind, index = detect_layout(path)
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    names = ("text_encoder",) if kind == "sd15" else ("text_encoder", "text_encoder_2")
+    tokenizer_dirs = ("tokenizer",) if kind == "sd15" else ("tokenizer", "tokenizer_2")
+    tokenizers = tuple(CLIPTokenizer.from_pretrained(path / sub, local_files_only=True) for sub in tokenizer_dirs)
+    encoder_classes = (CLIPTextModel, CLIPTextModelWithProjection)
+    text_encoders = tuple(
+        encoder_classes[i if kind == "sdxl" else 0].from_pretrained(path / name, local_files_only=True, dtype=dtype)
+        for i, name in enumerate(names)
+    )
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True, torch_dtype=dtype)
+    vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True, torch_dtype=dtype)
+    scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    for module in (*text_encoders, unet, vae):
+        module.to(device=device).eval().requires_grad_(False)
+    spec = ModelSpec(
+        kind=kind,
+        fingerprint=model_fingerprint(tokenizers, text_encoders),
+        text_encoders=tuple(
+            _text_encoder_spec(name, enc, tok, kind)
+            for name, enc, tok in zip(names, text_encoders, tokenizers, strict=True)
+        ),
+        latent_channels=int(unet.config.in_channels),
+        sample_size=int(unet.config.sample_size),
+        vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
+        vae_scaling_factor=float(vae.config.scaling_factor),
+        scheduler_class=str(scheduler_config["_class_name"]),
+        scheduler_config=scheduler_config,
+        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)),
+        lora_targets=_lora_targets(unet),
+    )
+    return BaseModel(path, spec, tokenizers, text_encoders, unet, vae)

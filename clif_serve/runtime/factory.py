@@ -1,0 +1,22 @@
+"""Ready-made pipelines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from clif_serve.concepts.pack import ConceptPack
+from clif_serve.concepts.registry import ConceptRegistry
+from clif_serve.models.loading import load_base_model
+from clif_serve.runtime.pipeline import ConceptPipeline
+from clif_serve.runtime.torch_executor import TorchExecutor
+
+
+def torch_pipeline(
+    model: str | Path = "tiny", packs: Iterable[ConceptPack] = (), device: str = "cpu", dtype=torch.float32
+) -> ConceptPipeline:
+    """An in-process PyTorch pipeline for `model` with `packs` loaded (each validated for the base)."""
+    base = load_base_model(model, device=device, dtype=dtype)
+    return ConceptPipeline(TorchExecutor(base), base.tokenizers, ConceptRegistry(base.spec, packs))
