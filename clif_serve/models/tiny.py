@@ -27,7 +27,7 @@ from clif_serve.models.vocab import build_clip_tokenizer
 from clif_serve.paths import cache_dir
 
 # Bump when the recipe below changes, so stale caches are rebuilt instead of reused.
-TINY_RECIPE_VERSION = "1"
+TINY_RECIPE_VERSION = "2"
 EMBEDDED_MODELS = ("tiny", "tiny-xl")
 
 
