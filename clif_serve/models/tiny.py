@@ -31,6 +31,18 @@ TINY_RECIPE_VERSION = "2"
 EMBEDDED_MODELS = ("tiny", "tiny-xl")
 
 
+# The two-level UNet layout both tiny models share (64x64 images through a 2x VAE).
+_UNET_LAYOUT = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+)
+
+
 def _text_config(tokenizer, num_hidden_layers: int) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -66,13 +78,7 @@ def build_tiny_sd15() -> StableDiffusionPipeline:
     tokenizer = build_clip_tokenizer()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **_UNET_LAYOUT,
         cross_attention_dim=32,
         attention_head_dim=8,
     )
@@ -104,13 +110,7 @@ def build_tiny_sdxl() -> StableDiffusionXLPipeline:
     tokenizer_2 = build_clip_tokenizer(pad_token="!")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **_UNET_LAYOUT,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
