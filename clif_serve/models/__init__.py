@@ -1,0 +1,1 @@
+"""Base models: the embedded tiny models, the loading path and the weight-free ModelSpec."""

@@ -1,0 +1,1 @@
+"""Concept packs: format, validation, registry, prompt expansion, store, textual-inversion interop."""

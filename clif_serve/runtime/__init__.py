@@ -1,0 +1,1 @@
+"""The backend-agnostic sampling loop, its executors and the in-process pipeline."""
