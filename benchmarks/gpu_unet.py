@@ -207,7 +207,9 @@ def benchmark_model(kind: str, args, dtype: torch.dtype) -> dict:
         for encoder in nets.text_encoders:
             ids = concept_ids(encoder, args.device)
             table = torch.zeros(2, 2, encoder.spec.hidden_size, device=args.device, dtype=dtype)
-            text_ms[encoder.spec.name] = time_ms(lambda: encoder(ids, table), args.device, args.warmup, args.iterations)
+            text_ms[encoder.spec.name] = time_ms(
+                lambda encoder=encoder, ids=ids, table=table: encoder(ids, table), args.device, args.warmup, args.iterations
+            )
         latent = inputs["sample"][:1]
         vae_ms = time_ms(lambda: nets.vae.decode(latent, return_dict=False)[0], args.device, 1, max(1, args.iterations // 4))
     swap = concept_swap_check(nets.text_encoders[0], args, dtype)
