@@ -1,4 +1,4 @@
-"""`clif-serve concepts ...`: make, inspect, import and export concept packs."""
+"""`clif-serve concepts ...`: make, inspect, import and export concept packs; add/list/remove on a server."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from clif_serve.cli.common import add_model_option
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("concepts", help="concept packs: new, inspect, import, export")
+    parser = subparsers.add_parser(
+        "concepts", help="concept packs: new, inspect, import, export; add, list, remove on a server"
+    )
     commands = parser.add_subparsers(dest="concepts_command", required=True, metavar="ACTION")
 
     new = commands.add_parser(
@@ -50,6 +52,32 @@ def register(subparsers) -> None:
     exp.add_argument("--layout", choices=("token", "emb_params"), default="token", help="SD1.5 key layout")
     exp.add_argument("-o", "--output", required=True, help="where to write the textual-inversion file")
     exp.set_defaults(handler=_export)
+
+    add = commands.add_parser(
+        "add",
+        help="hot-load a pack into a server",
+        description="Send a pack to a clif-serve server: it is validated, stored, and used by the next request.",
+    )
+    add.add_argument("pack", help="a concept pack (.safetensors)")
+    _add_url_option(add)
+    add.add_argument("--replace", action="store_true", help="replace a loaded concept of the same name")
+    add.set_defaults(handler=_add)
+
+    listing = commands.add_parser("list", help="list a server's concepts", description="List a server's concepts.")
+    _add_url_option(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=_list)
+
+    remove = commands.add_parser(
+        "remove", help="remove a concept from a server", description="Remove a concept from a server's store."
+    )
+    remove.add_argument("name", help="concept name")
+    _add_url_option(remove)
+    remove.set_defaults(handler=_remove)
+
+
+def _add_url_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", required=True, metavar="HOST:PORT", help="gRPC endpoint of a clif-serve server")
 
 
 def _new(args: argparse.Namespace) -> int:
@@ -94,4 +122,36 @@ def _export(args: argparse.Namespace) -> int:
     from clif_serve.concepts.textual_inversion import export_textual_inversion
 
     print(export_textual_inversion(read_pack(args.pack), args.output, args.layout))
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    from clif_serve.serving.client import ClifClient
+
+    with ClifClient(args.url) as client:
+        result = client.add_concept(args.pack, replace=args.replace)
+    print(f"added {result['concept']}; the server has {len(result['concepts'])} concept(s)")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from clif_serve.serving.client import ClifClient
+
+    with ClifClient(args.url) as client:
+        concepts = client.list_concepts()
+    if args.json:
+        print(json.dumps(concepts, indent=2))
+        return 0
+    for concept in concepts:
+        lora = "  (LoRA)" if concept["lora"] else ""
+        print(f"{concept['name']:<24} {concept['trigger']:<26} {' '.join(concept['tokens'])}{lora}")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from clif_serve.serving.client import ClifClient
+
+    with ClifClient(args.url) as client:
+        result = client.remove_concept(args.name)
+    print(f"removed {result['concept']}; the server has {len(result['concepts'])} concept(s)")
     return 0

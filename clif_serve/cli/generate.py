@@ -1,4 +1,4 @@
-"""`clif-serve generate`: multi-concept generation in process (PyTorch executor)."""
+"""`clif-serve generate`: multi-concept generation in process (PyTorch executor), or on a server (`--url`)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,25 @@ from clif_serve.cli.common import add_generation_options, add_model_option, requ
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate",
-        help="generate images with concepts, in process",
+        help="generate images with concepts, in process or on a server",
         description="Generate images in process. Load concept packs with --concept and use their triggers "
-        "in the prompt, e.g. \"a photo of <a> and <b>\".",
+        "in the prompt, e.g. \"a photo of <a> and <b>\". With --url the request goes to a clif-serve Triton "
+        "server instead, which uses the concepts in its store (`clif-serve concepts add PACK --url`).",
     )
     add_generation_options(parser)
     add_model_option(parser)
     parser.add_argument(
         "--concept", action="append", default=[], metavar="PACK", help="concept pack (.safetensors); repeatable"
     )
+    parser.add_argument(
+        "--url", default=None, metavar="HOST:PORT", help="gRPC endpoint of a clif-serve server (default: in process)"
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.url:
+        return run_served(args)
     from tqdm import tqdm
 
     from clif_serve.concepts.pack import read_pack
@@ -34,5 +40,22 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=args.steps, desc="denoising", unit="step") as bar:
         images = pipeline.generate(request, on_step=lambda done, total: bar.update(1))
     for path in save_pngs(to_uint8(images), args.output):
+        print(path)
+    return 0
+
+
+def run_served(args: argparse.Namespace) -> int:
+    """Send the request to a server; the server's concept store provides the concepts."""
+    from clif_serve.errors import InputError
+    from clif_serve.runtime.images import save_pngs
+    from clif_serve.serving.client import ClifClient
+
+    if args.concept:
+        raise InputError(
+            "concept", "--concept loads packs in process; hot-load them with `clif-serve concepts add PACK --url`"
+        )
+    with ClifClient(args.url) as client:
+        images = client.generate(request_from_args(args))
+    for path in save_pngs(images, args.output):
         print(path)
     return 0

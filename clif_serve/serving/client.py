@@ -1,0 +1,148 @@
+"""gRPC client of a clif-serve Triton server: generation and concept hot-load.
+
+Errors come back as the exceptions the in-process library raises: a request field the server
+refused is an `InputError` (a refused pack a `PackError`) naming that field; anything else is a
+`ServerError`.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from clif_serve.concepts.pack import ConceptPack, pack_to_bytes
+from clif_serve.errors import ClifServeError, InputError, PackError
+from clif_serve.runtime.request import GenerationRequest
+from clif_serve.serving.protocol import (
+    ACTION_ADD,
+    ACTION_LIST,
+    ACTION_REMOVE,
+    CONCEPTS_INPUTS,
+    CONCEPTS_MODEL,
+    IMAGES_OUTPUT,
+    PIPELINE_INPUTS,
+    PIPELINE_MODEL,
+    RESULT_OUTPUT,
+    Field,
+)
+
+_REQUEST_ID = re.compile(r"^\[request id: [^\]]*\]\s*")
+_FIELD_ERROR = re.compile(r"^([A-Za-z_][\w.\-\[\]]*): (.+)$", re.DOTALL)
+_NUMPY_TYPES = {
+    "BYTES": np.object_,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP32": np.float32,
+    "BOOL": np.bool_,
+}
+
+
+class ServerError(ClifServeError):
+    """The server failed a request for a reason other than a bad field (or could not be reached)."""
+
+
+def _tensor(field: Field, value: object) -> grpcclient.InferInput:
+    kind = field.triton_type
+    if kind == "BYTES":
+        value = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    elif kind.startswith("INT") and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        raise InputError(field.name, f"must be an integer, got {type(value).__name__}")
+    elif kind == "FP32" and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise InputError(field.name, f"must be a number, got {type(value).__name__}")
+    try:
+        array = np.array([value], dtype=_NUMPY_TYPES[kind])
+    except OverflowError as exc:
+        raise InputError(field.name, f"{value} does not fit in {kind}") from exc
+    tensor = grpcclient.InferInput(field.name, list(array.shape), np_to_triton_dtype(array.dtype))
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def _inputs(fields: Sequence[Field], values: Mapping[str, object]) -> list[grpcclient.InferInput]:
+    return [_tensor(field, values[field.name]) for field in fields if values.get(field.name) is not None]
+
+
+def _raise_as_library_error(exc: InferenceServerException, error: type[InputError]) -> None:
+    message = _REQUEST_ID.sub("", exc.message() or str(exc))
+    if exc.status() == "StatusCode.INVALID_ARGUMENT":
+        match = _FIELD_ERROR.match(message)
+        if match:
+            raise error(match.group(1), match.group(2)) from exc
+    raise ServerError(f"{exc.status() or 'error'}: {message}") from exc
+
+
+class ClifClient:
+    """A connection to a clif-serve server (`host:port` of its gRPC endpoint)."""
+
+    def __init__(self, url: str = "localhost:8001", timeout_s: float | None = None):
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = grpcclient.InferenceServerClient(url)
+
+    def _infer(self, model: str, inputs, output: str, error: type[InputError]) -> np.ndarray:
+        try:
+            result = self._client.infer(
+                model,
+                inputs,
+                outputs=[grpcclient.InferRequestedOutput(output)],
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            _raise_as_library_error(exc, error)
+        return result.as_numpy(output)
+
+    def is_ready(self) -> bool:
+        """Whether the server and its models are ready."""
+        try:
+            return bool(self._client.is_server_ready())
+        except InferenceServerException:
+            return False
+
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        """Images `[N, H, W, 3]` uint8 for a request (validated by the server)."""
+        return self._infer(PIPELINE_MODEL, _inputs(PIPELINE_INPUTS, vars(request)), IMAGES_OUTPUT, InputError)
+
+    def _control(self, **values) -> dict:
+        result = self._infer(CONCEPTS_MODEL, _inputs(CONCEPTS_INPUTS, values), RESULT_OUTPUT, PackError)
+        return json.loads(result.reshape(-1)[0])
+
+    def add_concept(self, pack: ConceptPack | bytes | str | Path, replace: bool = False) -> dict:
+        """Hot-load a concept (a pack, its bytes, or a pack file); returns the server's store listing."""
+        if isinstance(pack, ConceptPack):
+            data = pack_to_bytes(pack)
+        elif isinstance(pack, bytes):
+            data = pack
+        else:
+            path = Path(pack)
+            if not path.is_file():
+                raise PackError("file", f"{path}: no such file")
+            data = path.read_bytes()
+        return self._control(action=ACTION_ADD, pack=data, replace=replace)
+
+    def remove_concept(self, name: str) -> dict:
+        """Remove a concept from the server's store; returns the store listing."""
+        return self._control(action=ACTION_REMOVE, name=name)
+
+    def list_concepts(self) -> list[dict]:
+        """The server's concepts: name, trigger, tokens, class word, lora."""
+        return self._control(action=ACTION_LIST)["concepts"]
+
+    def statistics(self, model: str) -> dict:
+        """Triton's inference statistics of one model (JSON form: counts, batch_stats, ...)."""
+        return self._client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ClifClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,25 @@
+"""Triton Python-backend BLS model `clif_pipeline`: prompt -> images (work in `service`)."""
+
+from __future__ import annotations
+
+from clif_serve.serving.backend_utils import bls_call, error_response, inputs_of, model_paths, response
+from clif_serve.serving.protocol import IMAGES_OUTPUT, PIPELINE_INPUTS
+from clif_serve.serving.service import PipelineService
+
+
+class PipelineModel:
+    """One instance runs one request at a time; concurrent instances meet in the stage batchers."""
+
+    def initialize(self, args: dict) -> None:
+        _, parameters, version_dir, repo_root = model_paths(args)
+        self.service = PipelineService(version_dir, repo_root, bls_call, parameters)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                images = self.service.handle(inputs_of(request, [field.name for field in PIPELINE_INPUTS]))
+                responses.append(response({IMAGES_OUTPUT: images}))
+            except Exception as exc:  # every request gets an answer; the model keeps serving
+                responses.append(error_response(exc))
+        return responses

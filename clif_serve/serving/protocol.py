@@ -1,0 +1,91 @@
+"""The served interface: model names and the tensors of `clif_pipeline` and `clif_concepts`.
+
+This module is the one source of these names and types: the repository builder writes the
+Triton configs from it and the client builds its requests from it, so the two cannot drift.
+Every pipeline input is a request field of `GenerationRequest` of the same name; a Triton error
+caused by a field's value starts with `<field>: ` (the text of `InputError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from clif_serve.errors import InputError
+
+PIPELINE_MODEL = "clif_pipeline"
+CONCEPTS_MODEL = "clif_concepts"
+
+IMAGES_OUTPUT = "images"  # UINT8 [N, H, W, 3]
+RESULT_OUTPUT = "result"  # BYTES [1]: JSON
+
+# Control actions of `clif_concepts`.
+ACTION_ADD = "add"
+ACTION_REMOVE = "remove"
+ACTION_LIST = "list"
+ACTIONS = (ACTION_ADD, ACTION_REMOVE, ACTION_LIST)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One tensor of a served model: shape `[1]` (one value per request) unless `dims` says otherwise.
+
+    `dims` excludes the batch dimension of batching models; `reshape` is the shape the backend
+    sees when it differs (`()` turns a per-sample `[1]` into a scalar, so a batch is `[B]`).
+    """
+
+    name: str
+    triton_type: str  # Triton data type without the TYPE_ prefix: BYTES, INT32, INT64, FP32, BOOL, UINT8
+    optional: bool = True
+    dims: tuple[int, ...] = (1,)
+    reshape: tuple[int, ...] | None = None
+    # BYTES inputs are UTF-8 text unless binary (a pack file).
+    binary: bool = False
+
+
+PIPELINE_INPUTS = (
+    Field("prompt", "BYTES", optional=False),
+    Field("negative_prompt", "BYTES"),
+    Field("steps", "INT32"),
+    Field("guidance_scale", "FP32"),
+    Field("seed", "INT64"),
+    Field("height", "INT32"),
+    Field("width", "INT32"),
+    Field("num_images", "INT32"),
+)
+PIPELINE_OUTPUTS = (Field(IMAGES_OUTPUT, "UINT8", optional=False, dims=(-1, -1, -1, 3)),)
+
+CONCEPTS_INPUTS = (
+    Field("action", "BYTES", optional=False),
+    Field("pack", "BYTES", binary=True),
+    Field("name", "BYTES"),
+    Field("replace", "BOOL"),
+)
+CONCEPTS_OUTPUTS = (Field(RESULT_OUTPUT, "BYTES", optional=False),)
+
+
+def decode_fields(inputs: Mapping[str, np.ndarray], fields: Sequence[Field]) -> dict[str, object]:
+    """Python values of one-value inputs (text, bytes, int, float, bool); absent optional ones are left out."""
+    values: dict[str, object] = {}
+    for field in fields:
+        array = inputs.get(field.name)
+        if array is None:
+            if not field.optional:
+                raise InputError(field.name, "is required")
+            continue
+        flat = np.asarray(array).reshape(-1)
+        if flat.size != 1:
+            raise InputError(field.name, f"must hold exactly one value, got shape {list(np.shape(array))}")
+        value = flat[0]
+        if field.triton_type != "BYTES":
+            values[field.name] = value.item()
+        elif field.binary:
+            values[field.name] = bytes(value)
+        else:
+            try:
+                values[field.name] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError as exc:
+                raise InputError(field.name, f"is not valid UTF-8 ({exc})") from exc
+    return values

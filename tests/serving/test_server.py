@@ -1,0 +1,428 @@
+"""A real tritonserver (nvidia-pytriton's, python backend) on loopback serving the tiny export.
+
+One server for the module. Served images are compared with the in-process ONNX Runtime and
+PyTorch pipelines, concepts are hot-loaded over gRPC, bad requests and bad packs are refused
+naming the field while the server keeps serving, and the server's own statistics show requests
+with different concepts sharing text-encoder and UNet batches.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from clif_serve.concepts.pack import pack_to_bytes
+from clif_serve.concepts.registry import ConceptRegistry
+from clif_serve.errors import InputError, PackError
+from clif_serve.runtime.images import to_uint8
+from clif_serve.runtime.pipeline import ConceptPipeline
+from clif_serve.runtime.request import GenerationRequest
+from clif_serve.runtime.torch_executor import TorchExecutor
+from clif_serve.serving.client import ClifClient
+from clif_serve.serving.launcher import Ports, TritonServer
+from clif_serve.serving.options import RepoOptions
+from clif_serve.serving.protocol import PIPELINE_MODEL
+from clif_serve.serving.repository import build_repository
+from tests.helpers import random_lora, random_pack
+from tests.serving.conftest import raw_pack_bytes, with_value
+
+MAX_PACK_BYTES = 128 * 1024
+# Queue delays long enough that concurrent requests meet in the stage batchers on 2 busy cores.
+BATCHING = {"text_encoder_delay_us": 20_000, "unet_delay_us": 4_000}
+
+
+@dataclass
+class Served:
+    server: TritonServer
+    client: ClifClient
+    store: Path
+    load_seconds: float
+
+
+@pytest.fixture(scope="module")
+def served(tiny_export, tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    options = RepoOptions(pipeline_instances=4, max_pack_bytes=MAX_PACK_BYTES, **BATCHING)
+    repo = build_repository(tiny_export.root, root / "repo", options)
+    server = TritonServer(
+        repo, Ports.free_on_loopback(), concept_store=root / "store", log_file=root / "server.log"
+    )
+    started = time.perf_counter()
+    server.start(timeout_s=300)
+    load_seconds = time.perf_counter() - started
+    print(f"\nserver ready (all models loaded) in {load_seconds:.1f} s")
+    client = ClifClient(server.grpc_url)
+    yield Served(server, client, root / "store", load_seconds)
+    client.close()
+    assert server.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def long_concept(served, tiny_base):
+    """A loaded concept of 33 tokens: more rows than the export's concept table takes."""
+    _ensure(served.client, random_pack(tiny_base, "long", num_tokens=33))
+
+
+def _ensure(client: ClifClient, *packs) -> None:
+    loaded = {concept["name"] for concept in client.list_concepts()}
+    for pack in packs:
+        if pack.name not in loaded:
+            client.add_concept(pack)
+
+
+def _ort_images(export, packs, request) -> np.ndarray:
+    from clif_serve.runtime.factory import ort_pipeline
+
+    return to_uint8(ort_pipeline(export.root, packs).generate(request))
+
+
+def _torch_images(base, packs, request) -> np.ndarray:
+    pipeline = ConceptPipeline(TorchExecutor(base), base.tokenizers, ConceptRegistry(base.spec, packs))
+    return to_uint8(pipeline.generate(request))
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+def test_served_images_equal_in_process_images(served, packs, tiny_export, tiny_base):
+    joe, rex = packs["joe"], packs["rex"]
+    _ensure(served.client, joe, rex)
+    request = GenerationRequest(
+        "a photo of <joe> walking <rex> on the beach", negative_prompt="blurry", steps=6, seed=7, num_images=2
+    )
+    images = served.client.generate(request)
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+    assert _max_diff(images, _ort_images(tiny_export, [joe, rex], request)) == 0
+    assert _max_diff(images, _torch_images(tiny_base, [joe, rex], request)) <= 1
+    swapped = served.client.generate(replace(request, prompt="a photo of <rex> walking <joe> on the beach"))
+    assert _max_diff(images, swapped) > 0  # the concepts, and their places, matter
+
+
+def test_hot_loaded_concept_is_used_by_the_very_next_request(served, packs, tiny_export):
+    client, kim, joe = served.client, packs["kim"], packs["joe"]
+    _ensure(client, joe)
+    request = GenerationRequest("a photo of <kim> next to <joe>", steps=4, seed=1)
+    with pytest.raises(InputError, match="unknown concept <kim>"):
+        client.generate(request)
+    started = time.perf_counter()
+    result = client.add_concept(kim)
+    print(f"\nhot-load of one pack: {1000 * (time.perf_counter() - started):.1f} ms")
+    assert result["concept"] == "kim" and (served.store / "kim.safetensors").is_file()
+    images = client.generate(request)  # no restart, no model reload
+    assert _max_diff(images, _ort_images(tiny_export, [kim, joe], request)) == 0
+    client.remove_concept("kim")
+    assert "kim" not in {concept["name"] for concept in client.list_concepts()}
+    assert not (served.store / "kim.safetensors").exists()
+    with pytest.raises(InputError) as unknown:
+        client.generate(request)
+    assert unknown.value.field == "prompt"
+
+
+def test_lora_concept_runs_on_unet_lora(served, packs, tiny_export):
+    ann = packs["ann_lora"]
+    served.client.add_concept(ann, replace=True)
+    request = GenerationRequest("<ann_lora> in a garden", steps=5, seed=3)
+    with_lora = served.client.generate(request)
+    assert _max_diff(with_lora, _ort_images(tiny_export, [ann], request)) == 0
+    served.client.add_concept(replace(ann, lora=None), replace=True)  # same embeddings, no LoRA
+    assert _max_diff(with_lora, served.client.generate(request)) > 0
+    served.client.remove_concept("ann_lora")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"prompt": "a photo of <nobody>"}, "prompt"),
+        ({"prompt": "a photo " * 40}, "prompt"),
+        ({"prompt": "a photo of <long>"}, "prompt"),  # 33 concept tokens > the export's 32 table rows
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "   "}, "prompt"),
+        ({"negative_prompt": "<nobody>"}, "negative_prompt"),
+        ({"height": 60}, "height"),
+        ({"width": 100}, "width"),
+        ({"height": 256}, "height"),
+        ({"width": 16}, "width"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 151}, "steps"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"guidance_scale": 31.0}, "guidance_scale"),
+        ({"num_images": 5}, "num_images"),
+        ({"seed": -1}, "seed"),
+    ],
+    ids=lambda value: str(value)[:40],
+)
+def test_bad_request_fields_are_refused_naming_the_field(served, long_concept, fields, field):
+    request = replace(GenerationRequest("a photo", steps=2), **fields)
+    with pytest.raises(InputError) as refused:
+        served.client.generate(request)
+    assert refused.value.field == field, refused.value
+
+
+def _raw_input(name, array):
+    tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field"),
+    [
+        ({"prompt": np.array([b"x"], np.object_), "steps": np.array([2.5], np.float32)}, "steps"),
+        ({"prompt": np.array([b"x"], np.object_), "seed": np.array([1], np.int32)}, "seed"),
+        ({"prompt": np.array([b"x", b"y"], np.object_)}, "prompt"),
+        ({"prompt": np.array([b"x"], np.object_), "height": np.array([[64]], np.int32)}, "height"),
+        ({"steps": np.array([3], np.int32)}, "prompt"),
+        ({"prompt": np.array([b"\xff\xfe"], np.object_)}, "prompt"),
+    ],
+    ids=["steps-float", "seed-int32", "prompt-two-values", "height-2d", "no-prompt", "prompt-not-utf8"],
+)
+def test_wrong_dtypes_and_shapes_are_refused_naming_the_input(served, inputs, field):
+    with grpcclient.InferenceServerClient(served.server.grpc_url) as raw:
+        with pytest.raises(InferenceServerException) as refused:
+            raw.infer(PIPELINE_MODEL, [_raw_input(name, array) for name, array in inputs.items()])
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert f"'{field}'" in refused.value.message() or f"{field}:" in refused.value.message()
+
+
+def _store_state(served: Served):
+    files = sorted((p.name, p.stat().st_mtime_ns) for p in served.store.glob("*.safetensors"))
+    return files, (served.store / ".version").read_text(), served.client.list_concepts()
+
+
+def _bad_packs(base, xl_base, packs):
+    joe = packs["joe"]
+    good = random_pack(base, "fresh", seed=50)
+    lora = random_lora(base, seed=5)
+    bad_lora = {"mid_block.nope.to_q.lora_A.weight": lora.tensors[next(iter(lora.tensors))]}
+    bad_lora["mid_block.nope.to_q.lora_B.weight"] = torch.zeros(32, lora.rank)
+    return [
+        (
+            "wrong-hidden-size",
+            raw_pack_bytes(good, {"text_encoder": torch.zeros(2, 16)}),
+            "embeddings.text_encoder",
+        ),
+        (
+            "two-text-encoders",
+            raw_pack_bytes(good, {"text_encoder": torch.zeros(2, 32), "text_encoder_2": torch.zeros(2, 32)}),
+            "embeddings",
+        ),
+        ("nan", raw_pack_bytes(good, with_value(good, math.nan)), "embeddings.text_encoder"),
+        ("inf", raw_pack_bytes(good, with_value(good, math.inf)), "embeddings.text_encoder"),
+        ("truncated", pack_to_bytes(good)[:-9], "file"),
+        ("not-safetensors", b"\x89PNG\r\n\x1a\n" + bytes(200), "file"),
+        ("not-a-concept-pack", raw_pack_bytes(good, metadata={"format": "something/else"}), "format"),
+        ("fingerprint", pack_to_bytes(replace(good, base_fingerprint="0" * 24)), "base_fingerprint"),
+        ("other-base-model", pack_to_bytes(random_pack(xl_base, "fresh")), "base_fingerprint"),
+        ("duplicate-name", pack_to_bytes(joe), "name"),
+        ("duplicate-trigger", pack_to_bytes(replace(good, trigger=joe.trigger)), "trigger"),
+        ("path-name", raw_pack_bytes(good, metadata={"name": "../evil"}), "name"),
+        ("control-char-name", raw_pack_bytes(good, metadata={"name": "ev\nil"}), "name"),
+        ("oversized", pack_to_bytes(random_pack(base, "huge", num_tokens=1200)), "file"),
+        (
+            "lora-unknown-module",
+            pack_to_bytes(replace(good, lora=replace(lora, tensors=bad_lora))),
+            "unet.mid_block.nope.to_q",
+        ),
+    ]
+
+
+def test_bad_packs_are_refused_and_change_nothing(served, tiny_base, tiny_xl_base, packs):
+    client = served.client
+    _ensure(client, packs["joe"])
+    before = _store_state(served)
+    request = GenerationRequest("a photo of <joe>", steps=2, seed=4)
+    reference = client.generate(request)
+    for label, data, field in _bad_packs(tiny_base, tiny_xl_base, packs):
+        with pytest.raises(PackError) as refused:
+            client.add_concept(data)
+        assert refused.value.field == field, (label, refused.value)
+        assert _store_state(served) == before, label
+    assert _max_diff(client.generate(request), reference) == 0  # still serving, same concepts
+
+
+def test_cli_speaks_to_the_server(served, packs, tmp_path, capsys):
+    from clif_serve.cli import main
+
+    url = served.server.grpc_url
+    path = tmp_path / "max.safetensors"
+    path.write_bytes(pack_to_bytes(packs["max"]))
+    assert main(["concepts", "add", str(path), "--url", url, "--replace"]) == 0
+    assert main(["concepts", "list", "--url", url]) == 0
+    assert "<max>" in capsys.readouterr().out
+    out = tmp_path / "out.png"
+    args = ["generate", "a photo of <max>", "--url", url, "--steps", "3", "--seed", "9", "-o", str(out)]
+    assert main([*args, "--guidance-scale", "5"]) == 0
+    request = GenerationRequest("a photo of <max>", steps=3, seed=9, guidance_scale=5.0)
+    assert _max_diff(np.asarray(Image.open(out))[None], served.client.generate(request)) == 0
+    assert main(["concepts", "remove", "max", "--url", url]) == 0
+    assert main(["generate", "a photo of <max>", "--url", url, "-o", str(out)]) == 2
+    assert "prompt: unknown concept <max>" in capsys.readouterr().err
+
+
+def _wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> list[str]:
+    lines, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"no {text!r} from the server: {''.join(lines)}")
+
+
+def test_restarted_server_and_replica_share_the_store(served, packs, tiny_export, tmp_path):
+    """`clif-serve serve` on the same store: a new process (a restart, or a replica) sees every
+    accepted pack, sees hot-loads made on the other server at its next request, and stops on SIGTERM."""
+    _ensure(served.client, packs["joe"], packs["rex"])
+    repo = build_repository(tiny_export.root, tmp_path / "repo", RepoOptions(pipeline_instances=1))
+    ports = Ports.free_on_loopback()
+    command = [
+        str(Path(sys.executable).parent / "clif-serve"),
+        "serve",
+        "--repo",
+        str(repo),
+        "--address",
+        ports.address,
+    ]
+    command += [
+        "--grpc-port",
+        str(ports.grpc),
+        "--http-port",
+        str(ports.http),
+        "--metrics-port",
+        str(ports.metrics),
+    ]
+    command += ["--concept-store", str(served.store), "--log", str(tmp_path / "server.log")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_line(process, "clif-serve: ready", 300)
+        with ClifClient(f"{ports.address}:{ports.grpc}") as other:
+            assert other.list_concepts() == served.client.list_concepts()
+            request = GenerationRequest("<joe> meets <rex>", steps=3, seed=11)
+            assert _max_diff(other.generate(request), served.client.generate(request)) == 0
+            served.client.add_concept(packs["kim"], replace=True)
+            other.generate(GenerationRequest("a photo of <kim>", steps=2))  # the replica's next request
+            other.remove_concept("kim")
+            with pytest.raises(InputError, match="unknown concept <kim>"):
+                served.client.generate(GenerationRequest("a photo of <kim>", steps=2))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0
+        assert "clif-serve: stopped (tritonserver exit code 0)" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _stats(client: ClifClient, model: str) -> dict[int, int]:
+    return {
+        int(b["batch_size"]): int(b["compute_infer"]["count"])
+        for b in client.statistics(model)["batch_stats"]
+    }
+
+
+def test_requests_with_different_concepts_share_batches(served, packs, tiny_export):
+    """Four clients, four different concepts, sent together: the stage batchers merge them."""
+    names = ("joe", "rex", "kim", "max")
+    _ensure(served.client, *(packs[name] for name in names))
+    before = {model: _stats(served.client, model) for model in ("text_encoder", "unet")}
+    expected = {
+        name: served.client.generate(GenerationRequest(f"a photo of <{name}>", steps=4, seed=2))
+        for name in names
+    }
+    barrier, results, errors = threading.Barrier(len(names)), {}, []
+
+    def client_loop(name: str) -> None:
+        with ClifClient(served.server.grpc_url) as client:
+            for _ in range(3):
+                barrier.wait(timeout=60)
+                try:
+                    results.setdefault(name, []).append(
+                        client.generate(GenerationRequest(f"a photo of <{name}>", steps=4, seed=2))
+                    )
+                except Exception as exc:  # reported below
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=client_loop, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert not errors and all(len(results[name]) == 3 for name in names)
+    merged = {}
+    for model, counts in before.items():
+        after = _stats(served.client, model)
+        merged[model] = {
+            size: after[size] - counts.get(size, 0)
+            for size in after
+            if size > 2 and after[size] > counts.get(size, 0)
+        }
+    print(f"\nexecutions by batch size > 2 (each request sends 2 samples): {merged}")
+    # Every request contributes 2 samples (classifier-free guidance): a batch of more than 2 samples
+    # holds requests of different clients, and every client uses a different concept.
+    assert merged["text_encoder"] and merged["unet"], merged
+    for name in names:
+        for image in results[name]:
+            assert _max_diff(image, expected[name]) <= 1  # batched numerics match a lone request's
+
+
+def test_four_clients_while_twenty_concepts_come_and_go(served, packs, tiny_base):
+    names = ("joe", "rex", "kim", "max")
+    _ensure(served.client, *(packs[name] for name in names))
+    stop, counts, failures, latencies = threading.Event(), [], [], []
+
+    def client_loop(name: str) -> None:
+        done = 0
+        with ClifClient(served.server.grpc_url) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    client.generate(GenerationRequest(f"a photo of <{name}>", steps=4, seed=done))
+                    latencies.append(time.perf_counter() - started)
+                    done += 1
+                except Exception as exc:  # counted as a failure
+                    failures.append(repr(exc))
+        counts.append(done)
+
+    threads = [threading.Thread(target=client_loop, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    hot_loads, removals, started = [], [], time.perf_counter()
+    try:
+        for index in range(20):
+            pack = random_pack(tiny_base, f"hot{index}", seed=100 + index)
+            begin = time.perf_counter()
+            served.client.add_concept(pack)
+            hot_loads.append(time.perf_counter() - begin)
+            served.client.generate(GenerationRequest(f"<hot{index}> and <joe>", steps=2, seed=index))
+            begin = time.perf_counter()
+            served.client.remove_concept(pack.name)
+            removals.append(time.perf_counter() - begin)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    elapsed = time.perf_counter() - started
+    print(
+        f"\n20 hot-loads + removals in {elapsed:.1f} s while 4 clients generated {sum(counts)} images; "
+        f"failed requests: {len(failures)}; hot-load median {1000 * np.median(hot_loads):.1f} ms, "
+        f"removal median {1000 * np.median(removals):.1f} ms; client latency p50 {1000 * np.median(latencies):.0f} ms"
+    )
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == [] and len(counts) == 4 and min(counts) >= 1
+    assert {concept["name"] for concept in served.client.list_concepts()} >= set(names)
