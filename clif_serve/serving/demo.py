@@ -14,29 +14,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from clif_serve.bench.stats import LatencySummary
 from clif_serve.concepts.create import new_pack
-from clif_serve.export.exporter import export_model
-from clif_serve.export.layout import MANIFEST, UNET_STAGE, VAE_DECODER_STAGE, open_export
+from clif_serve.export.layout import UNET_STAGE, VAE_DECODER_STAGE
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.factory import ort_pipeline
 from clif_serve.runtime.images import save_pngs
 from clif_serve.runtime.ort_executor import OrtSettings
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.client import ClifClient
-from clif_serve.serving.launcher import Ports, TritonServer
+from clif_serve.serving.local import local_service
 from clif_serve.serving.options import RepoOptions
 from clif_serve.serving.protocol import PIPELINE_MODEL
-from clif_serve.serving.repository import build_repository
 
 
 def timings(runs: dict[str, Callable[[], object]], count: int) -> dict[str, dict[str, float]]:
-    """Milliseconds per call of each run after one warm-up call each: p50, p95 (nearest rank), mean.
+    """Latency summary (ms) of each run after one warm-up call each.
 
     The runs take turns (A, B, C, A, B, C, ...), so a change in machine load hits them alike.
     """
@@ -48,16 +46,7 @@ def timings(runs: dict[str, Callable[[], object]], count: int) -> dict[str, dict
             started = time.perf_counter()
             run()
             samples[name].append(1000 * (time.perf_counter() - started))
-    summary = {}
-    for name, values in samples.items():
-        ordered = sorted(values)
-        summary[name] = {
-            "p50_ms": statistics.median(ordered),
-            "p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
-            "mean_ms": statistics.fmean(ordered),
-            "count": count,
-        }
-    return summary
+    return {name: LatencySummary.of(values).to_dict() for name, values in samples.items()}
 
 
 def breakdown(client: ClifClient, stages: list[str]) -> dict[str, dict[str, float]]:
@@ -91,30 +80,15 @@ def main(argv: list[str] | None = None) -> dict:
     figures: dict = {"steps": args.steps, "threads": args.threads}
 
     base = load_base_model("tiny")
-    export_dir = work / "export"
-    started = time.perf_counter()
-    folder = (
-        open_export(export_dir) if (export_dir / MANIFEST).is_file() else export_model("tiny", export_dir)
-    )
-    figures["export_s"] = time.perf_counter() - started
-    repo = build_repository(
-        folder.root, work / "repo", RepoOptions(intra_op_threads=args.threads), overwrite=True
-    )
     joe, rex, ann = (
         new_pack(base, name, word) for name, word in (("joe", "person"), ("rex", "dog"), ("ann", "cat"))
     )
-
-    packs = (joe, rex, ann)
-    ort = ort_pipeline(folder.root, packs, OrtSettings(intra_op_threads=args.threads))
-    started = time.perf_counter()
-    server = TritonServer(
-        repo, Ports.free_on_loopback(), concept_store=work / "concepts", log_file=work / "server.log"
-    )
-    with server, ClifClient(server.grpc_url) as client:
-        figures["server_ready_s"] = time.perf_counter() - started
-        print(
-            f"server ready in {figures['server_ready_s']:.1f} s at {server.grpc_url} (log: {work / 'server.log'})"
-        )
+    options = RepoOptions(intra_op_threads=args.threads)
+    with local_service("tiny", work, options) as service, ClifClient(service.url) as client:
+        folder = service.export
+        figures["export_s"], figures["server_ready_s"] = service.export_s, service.ready_s
+        ort = ort_pipeline(folder.root, (joe, rex, ann), OrtSettings(intra_op_threads=args.threads))
+        print(f"server ready in {service.ready_s:.1f} s at {service.url} (log: {work / 'server.log'})")
         for pack in (joe, rex):
             client.add_concept(pack, replace=True)
         request = GenerationRequest("a photo of <joe> walking <rex> on the beach", steps=args.steps, seed=1)
@@ -138,9 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nlatency of one {args.steps}-step 64x64 request (ms), {args.requests} requests after a warm-up:")
     for name in ("served", "in_process_onnxruntime"):
         row = figures[name]
-        print(f"  {name:<24} p50 {row['p50_ms']:8.1f}   p95 {row['p95_ms']:8.1f}")
+        print(f"  {name:<24} p50 {row['p50']:8.1f}   p95 {row['p95']:8.1f}")
     figures["served_over_onnxruntime_p50"] = (
-        figures["served"]["p50_ms"] / figures["in_process_onnxruntime"]["p50_ms"]
+        figures["served"]["p50"] / figures["in_process_onnxruntime"]["p50"]
     )
     print(f"  served / in-process onnxruntime (p50): {figures['served_over_onnxruntime_p50']:.2f}")
     print("  where a served request's time goes (ms per request, from Triton's statistics):")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
 from clif_serve.concepts.pack import EMBEDDING_PREFIX, LORA_PREFIX
+from clif_serve.serving.client import ClifClient
+from clif_serve.serving.launcher import Ports, TritonServer
+from clif_serve.serving.options import RepoOptions
+from clif_serve.serving.repository import build_repository
 from tests.helpers import random_lora, random_pack
 
 
@@ -46,3 +52,35 @@ def with_value(pack, value: float) -> dict[str, torch.Tensor]:
     embeddings = {k: v.clone() for k, v in pack.embeddings.items()}
     next(iter(embeddings.values()))[0, 0] = value
     return embeddings
+
+
+MAX_PACK_BYTES = 128 * 1024
+# Queue delays long enough that concurrent requests meet in the stage batchers on 2 busy cores.
+BATCHING = {"text_encoder_delay_us": 20_000, "unet_delay_us": 4_000}
+
+
+@dataclass
+class Served:
+    server: TritonServer
+    client: ClifClient
+    store: Path
+    load_seconds: float
+
+
+@pytest.fixture(scope="session")
+def served(tiny_export, tmp_path_factory):
+    """One real tritonserver for the serving tests, on loopback, serving the tiny export."""
+    root = tmp_path_factory.mktemp("served")
+    options = RepoOptions(pipeline_instances=4, max_pack_bytes=MAX_PACK_BYTES, **BATCHING)
+    repo = build_repository(tiny_export.root, root / "repo", options)
+    server = TritonServer(
+        repo, Ports.free_on_loopback(), concept_store=root / "store", log_file=root / "server.log"
+    )
+    started = time.perf_counter()
+    server.start(timeout_s=300)
+    load_seconds = time.perf_counter() - started
+    print(f"\nserver ready (all models loaded) in {load_seconds:.1f} s")
+    client = ClifClient(server.grpc_url)
+    yield Served(server, client, root / "store", load_seconds)
+    client.close()
+    assert server.stop() == 0

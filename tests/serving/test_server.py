@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,42 +32,12 @@ from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.runtime.torch_executor import TorchExecutor
 from clif_serve.serving.client import ClifClient
-from clif_serve.serving.launcher import Ports, TritonServer
+from clif_serve.serving.launcher import Ports
 from clif_serve.serving.options import RepoOptions
 from clif_serve.serving.protocol import PIPELINE_MODEL
 from clif_serve.serving.repository import build_repository
 from tests.helpers import random_lora, random_pack
-from tests.serving.conftest import raw_pack_bytes, with_value
-
-MAX_PACK_BYTES = 128 * 1024
-# Queue delays long enough that concurrent requests meet in the stage batchers on 2 busy cores.
-BATCHING = {"text_encoder_delay_us": 20_000, "unet_delay_us": 4_000}
-
-
-@dataclass
-class Served:
-    server: TritonServer
-    client: ClifClient
-    store: Path
-    load_seconds: float
-
-
-@pytest.fixture(scope="module")
-def served(tiny_export, tmp_path_factory):
-    root = tmp_path_factory.mktemp("served")
-    options = RepoOptions(pipeline_instances=4, max_pack_bytes=MAX_PACK_BYTES, **BATCHING)
-    repo = build_repository(tiny_export.root, root / "repo", options)
-    server = TritonServer(
-        repo, Ports.free_on_loopback(), concept_store=root / "store", log_file=root / "server.log"
-    )
-    started = time.perf_counter()
-    server.start(timeout_s=300)
-    load_seconds = time.perf_counter() - started
-    print(f"\nserver ready (all models loaded) in {load_seconds:.1f} s")
-    client = ClifClient(server.grpc_url)
-    yield Served(server, client, root / "store", load_seconds)
-    client.close()
-    assert server.stop() == 0
+from tests.serving.conftest import Served, raw_pack_bytes, with_value
 
 
 @pytest.fixture(scope="module")

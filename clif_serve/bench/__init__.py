@@ -1,0 +1,1 @@
+"""The latency benchmarking suite behind `clif-serve bench` (see docs/benchmarks.md)."""

@@ -1,0 +1,43 @@
+"""What benchmarks compare against and generate with: stand-in concepts and diffusers' own pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+
+from clif_serve.concepts.create import new_pack
+from clif_serve.concepts.pack import ConceptPack
+from clif_serve.concepts.textual_inversion import export_textual_inversion
+from clif_serve.models.loading import BaseModel
+
+
+def stand_in_packs(base: BaseModel, names_and_words: Sequence[tuple[str, str]], seed: int = 0) -> list[ConceptPack]:
+    """Packs whose tokens are class-word embeddings moved by seeded noise (stand-ins for trained ones)."""
+    packs = []
+    for offset, (name, word) in enumerate(names_and_words):
+        pack = new_pack(base, name, word, 2)
+        generator = torch.Generator().manual_seed(seed + offset)
+        moved = {k: v + 0.5 * torch.randn(v.shape, generator=generator) for k, v in pack.embeddings.items()}
+        packs.append(replace(pack, embeddings=moved))
+    return packs
+
+
+def diffusers_pipeline(base: BaseModel, packs: Sequence[ConceptPack], folder: Path) -> DiffusionPipeline:
+    """diffusers' eager pipeline for the same folder, with the packs loaded by `load_textual_inversion`."""
+    pipe = DiffusionPipeline.from_pretrained(base.path, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    for pack in packs:
+        if base.spec.kind == "sd15":
+            path = export_textual_inversion(pack, folder / f"{pack.name}.safetensors")
+            pipe.load_textual_inversion(str(path), token=pack.trigger)
+            continue
+        for encoder, tokenizer, name in (
+            (pipe.text_encoder, pipe.tokenizer, "text_encoder"),
+            (pipe.text_encoder_2, pipe.tokenizer_2, "text_encoder_2"),
+        ):
+            pipe.load_textual_inversion(pack.embeddings[name], token=pack.trigger, text_encoder=encoder, tokenizer=tokenizer)
+    return pipe

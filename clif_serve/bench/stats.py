@@ -1,0 +1,32 @@
+"""Latency summaries: percentiles over a fixed number of timed requests."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Milliseconds: count, p50, p95, p99, mean, min, max."""
+
+    count: int
+    p50: float
+    p95: float
+    p99: float
+    mean: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, samples_ms: list[float]) -> LatencySummary:
+        """Summarise samples (linear-interpolated percentiles); an empty list is an error."""
+        if not samples_ms:
+            raise ValueError("no latency samples to summarise")
+        values = np.asarray(samples_ms, dtype=np.float64)
+        p50, p95, p99 = np.percentile(values, [50, 95, 99])
+        return cls(len(values), float(p50), float(p95), float(p99), float(values.mean()), float(values.min()), float(values.max()))
+
+    def to_dict(self) -> dict:
+        return asdict(self)

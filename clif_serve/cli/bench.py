@@ -1,0 +1,63 @@
+"""`clif-serve bench`: the latency suite against a running server or one it starts itself."""
+
+from __future__ import annotations
+
+import argparse
+
+from clif_serve.cli.common import add_model_option
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="latency/throughput suite: stages, end to end, concurrency, mixed concepts, hot-load",
+        description="Measure per-stage and end-to-end latency (p50/p95/p99), throughput at several "
+        "concurrency levels, mixed vs single concepts, hot-load time under load, and served vs in-process "
+        "ONNX Runtime vs diffusers eager, in one run. Without --url it exports the model, builds a "
+        "repository and starts a local tritonserver on loopback. Writes JSON, markdown and PNG plots.",
+    )
+    add_model_option(parser)
+    parser.add_argument("--url", default=None, help="gRPC HOST:PORT of a running server (needs --export)")
+    parser.add_argument("--export", default=None, help="the export folder the server was built from")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps per request (default: 20)")
+    parser.add_argument("--requests", type=int, default=20, help="timed requests per measurement (default: 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up requests before timing (default: 3)")
+    parser.add_argument("--concurrency", default="1,2,4,8", help="client counts to sweep (default: 1,2,4,8)")
+    parser.add_argument("--mixed-clients", type=int, default=8, help="clients of the mixed-concept run (default: 8)")
+    parser.add_argument("--hotloads", type=int, default=20, help="concepts hot-loaded under load (default: 20)")
+    parser.add_argument("--max-seconds", type=float, default=180.0, help="time bound of each load run (default: 180)")
+    parser.add_argument("--out", default="benchmarks/results", help="results folder (default: benchmarks/results)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from clif_serve.bench.report import write_report
+    from clif_serve.bench.suite import BenchConfig, run_suite
+    from clif_serve.errors import InputError
+    from clif_serve.export.layout import open_export
+    from clif_serve.serving.local import local_service
+
+    if args.url and not args.export:
+        raise InputError("export", "--url needs --export (the export folder of that server) for the in-process runs")
+    service = nullcontext() if args.url else local_service(args.model)
+    with service as local:
+        config = BenchConfig(
+            url=args.url or local.url,
+            export=open_export(args.export) if args.export else local.export,
+            model=args.model,
+            steps=args.steps,
+            warmup=args.warmup,
+            requests=args.requests,
+            concurrency=tuple(int(level) for level in args.concurrency.split(",")),
+            mixed_clients=args.mixed_clients,
+            hotloads=args.hotloads,
+            max_seconds=args.max_seconds,
+        )
+        report = run_suite(config)
+    for path in write_report(report, args.out):
+        print(path)
+    for goal in report["goals"]:
+        print(f"{'met    ' if goal['met'] else 'NOT met'}  {goal['goal']}: {goal['measured']:.3g} (target {goal['target']})")
+    return 0

@@ -1,0 +1,57 @@
+"""A local service in one call: export (or reuse an export), build the repository, start tritonserver.
+
+Used by the demo and by `clif-serve bench` when no server URL is given. The server listens on free
+loopback ports and keeps its concept store, repository and log under `workdir`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from clif_serve.export.exporter import export_model
+from clif_serve.export.layout import MANIFEST, ExportFolder, open_export
+from clif_serve.serving.launcher import Ports, TritonServer
+from clif_serve.serving.options import RepoOptions
+from clif_serve.serving.repository import build_repository
+
+
+@dataclass(frozen=True)
+class LocalService:
+    """A running local server and what it serves."""
+
+    server: TritonServer
+    export: ExportFolder
+    workdir: Path
+    export_s: float
+    ready_s: float
+
+    @property
+    def url(self) -> str:
+        return self.server.grpc_url
+
+
+def prepare_export(model: str, export_dir: Path) -> ExportFolder:
+    """The export in `export_dir`, made from `model` with its default recipe unless one is there already."""
+    return open_export(export_dir) if (export_dir / MANIFEST).is_file() else export_model(model, export_dir)
+
+
+@contextmanager
+def local_service(
+    model: str = "tiny", workdir: str | Path | None = None, options: RepoOptions | None = None
+) -> Iterator[LocalService]:
+    """Export `model`, build its repository and serve it until the `with` block ends."""
+    with tempfile.TemporaryDirectory(prefix="clif-serve-local-") as scratch:
+        work = Path(workdir or scratch)
+        started = time.perf_counter()
+        export = prepare_export(model, work / "export")
+        export_s = time.perf_counter() - started
+        repo = build_repository(export.root, work / "repo", options, overwrite=True)
+        started = time.perf_counter()
+        server = TritonServer(repo, Ports.free_on_loopback(), concept_store=work / "concepts", log_file=work / "server.log")
+        with server:
+            yield LocalService(server, export, work, export_s, time.perf_counter() - started)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: sets up .venv if needed, then runs the served flow on the
+# tiny model (export -> Triton model repository -> local tritonserver -> multi-concept gRPC request
+# -> hot-load a concept and use it -> latency summary -> stop). Outputs go to demo-output/.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/bootstrap.sh"
+cd "$root"
+exec "$root/.venv/bin/python" -m clif_serve.serving.demo --workdir demo-output --json demo-output/figures.json "$@"
