@@ -2,14 +2,21 @@
 
 ```
 EXPORT_DIR/
-  manifest.json            {"format", "format_version", "model_spec": ModelSpec.to_dict(), "recipe", "stages"}
+  manifest.json            {"format", "format_version", "model_spec": ModelSpec.to_dict(), "recipe",
+                            "image": {"height", "width": [min, opt, max], "multiple"}, "stages": {name: stage manifest}}
   tokenizer/ tokenizer_2/  copies of the base model's tokenizer folders (tokenizer_2 for SDXL)
   text_encoder/model.onnx  (+ model.onnx.data)     text_encoder_2/ for SDXL
-  unet/model.onnx          plain UNet (or with one LoRA set merged)
+  unet/model.onnx          plain UNet (or with one LoRA set merged: stage manifest "merged_lora")
+  unet/weight_map.json     ONNX initializer -> UNet parameter name (and whether it is stored transposed)
   unet_lora/model.onnx     UNet with LoRA as onnxruntime adapter inputs (optional)
   vae_decoder/model.onnx
+  <stage>/manifest.json    the stage manifest (also under "stages" in the top-level manifest)
+  <stage>/model.plan       TensorRT engine (only with `--tensorrt`)
 ```
-Tensor names below are the stage signatures every backend uses.
+Tensor names below are the stage signatures every backend uses. The LoRA inputs of `unet_lora`
+are named like the peft keys of `LoraWeights.tensors` (`<module>.lora_A.weight` `[rank, in]`,
+`<module>.lora_B.weight` `[out, rank]`), each with a zero initializer so the stage runs without one;
+an adapter carries B already multiplied by the LoRA's `alpha / rank`.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ MANIFEST = "manifest.json"
 EXPORT_FORMAT = "clif-serve/export"
 EXPORT_FORMAT_VERSION = 1
 ONNX_FILE = "model.onnx"
+ENGINE_FILE = "model.plan"
+STAGE_MANIFEST = "manifest.json"
+WEIGHT_MAP_FILE = "weight_map.json"
 
 TEXT_ENCODER_INPUTS = ("input_ids", "concept_table")
 TEXT_ENCODER_OUTPUTS = ("hidden_states", "pooled")
@@ -65,8 +75,20 @@ class ExportFolder:
     def onnx_path(self, stage: str) -> Path:
         return self.root / stage / ONNX_FILE
 
+    def engine_path(self, stage: str) -> Path:
+        return self.root / stage / ENGINE_FILE
+
     def has_stage(self, stage: str) -> bool:
         return self.onnx_path(stage).is_file()
+
+    def stage_manifest(self, stage: str) -> dict:
+        """The manifest entry of one stage (opset, tensors, dynamic axes, parity, ...)."""
+        return self.manifest["stages"][stage]
+
+    @property
+    def merged_lora(self) -> str | None:
+        """The `set_id` of the LoRA merged into the plain `unet` stage, if any."""
+        return self.stage_manifest(UNET_STAGE).get("merged_lora")
 
     def tokenizers(self) -> tuple[CLIPTokenizer, ...]:
         """The base model's tokenizers, one per text encoder."""
@@ -81,17 +103,24 @@ def open_export(root: str | Path) -> ExportFolder:
     folder = Path(root)
     manifest_file = folder / MANIFEST
     if not manifest_file.is_file():
-        raise ModelFolderError(f"{folder}: not an export folder ({MANIFEST} is missing); run `clif-serve export`")
+        raise ModelFolderError(
+            f"{folder}: not an export folder ({MANIFEST} is missing); run `clif-serve export`"
+        )
     manifest = json.loads(manifest_file.read_text())
     if manifest.get("format") != EXPORT_FORMAT or manifest.get("format_version") != EXPORT_FORMAT_VERSION:
-        raise ModelFolderError(f"{manifest_file}: not a clif-serve export manifest of version {EXPORT_FORMAT_VERSION}")
+        raise ModelFolderError(
+            f"{manifest_file}: not a clif-serve export manifest of version {EXPORT_FORMAT_VERSION}"
+        )
     spec = ModelSpec.from_dict(manifest["model_spec"])
     required = [*spec.text_encoder_names, UNET_STAGE, VAE_DECODER_STAGE]
     required += [tokenizer_dir_name(name) for name in spec.text_encoder_names]
     missing = [
         name
         for name in required
-        if not ((folder / name / ONNX_FILE).is_file() or (name.startswith("tokenizer") and (folder / name).is_dir()))
+        if not (
+            (folder / name / ONNX_FILE).is_file()
+            or (name.startswith("tokenizer") and (folder / name).is_dir())
+        )
     ]
     if missing:
         raise ModelFolderError(f"{folder}: incomplete export; missing: {', '.join(missing)}")

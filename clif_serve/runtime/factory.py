@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,6 +14,9 @@ from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.torch_executor import TorchExecutor
 
+if TYPE_CHECKING:
+    from clif_serve.runtime.ort_executor import OrtSettings
+
 
 def torch_pipeline(
     model: str | Path = "tiny", packs: Iterable[ConceptPack] = (), device: str = "cpu", dtype=torch.float32
@@ -20,3 +24,16 @@ def torch_pipeline(
     """An in-process PyTorch pipeline for `model` with `packs` loaded (each validated for the base)."""
     base = load_base_model(model, device=device, dtype=dtype)
     return ConceptPipeline(TorchExecutor(base), base.tokenizers, ConceptRegistry(base.spec, packs))
+
+
+def ort_pipeline(
+    export_dir: str | Path, packs: Iterable[ConceptPack] = (), settings: OrtSettings | None = None
+) -> ConceptPipeline:
+    """An in-process ONNX Runtime pipeline over an export folder with `packs` loaded.
+
+    `settings` (threads, spinning, providers, IOBinding) defaults to `OrtSettings()`.
+    """
+    from clif_serve.runtime.ort_executor import OrtExecutor, OrtSettings
+
+    executor = OrtExecutor(export_dir, settings if settings is not None else OrtSettings())
+    return ConceptPipeline(executor, executor.folder.tokenizers(), ConceptRegistry(executor.spec, packs))

@@ -1,0 +1,214 @@
+"""Export recipes: TOML files in the top-level `export/` folder (read with stdlib `tomllib`).
+
+A recipe fixes what an export supports: the batch range every stage accepts, the image sizes, the
+concept-table rows, the LoRA ranks of `unet_lora`, the UNet variants to emit, the parity tolerance
+and the TensorRT build (precision, workspace, optimisation profiles). Ranges are `{min, opt, max}`;
+`opt` is what TensorRT tunes for. `batch` counts samples per network call: with classifier-free
+guidance the UNet sees two per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomllib
+
+from clif_serve.errors import InputError
+from clif_serve.models.spec import ModelSpec
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "export"
+UNET_VARIANTS = ("plain", "lora")
+ONNX_PRECISIONS = ("fp32",)
+TENSORRT_PRECISIONS = ("fp16", "fp32")
+# The embedded models and their recipes; a diffusers folder gets the recipe of its layout.
+DEFAULT_RECIPES = {"tiny": "tiny", "tiny-xl": "tiny-xl", "sd15": "sd15-512", "sdxl": "sdxl-1024"}
+
+
+@dataclass(frozen=True)
+class Range:
+    """An inclusive integer range with the size to optimise for."""
+
+    min: int
+    opt: int
+    max: int
+
+    def as_list(self) -> list[int]:
+        return [self.min, self.opt, self.max]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One TensorRT optimisation profile: ranges of batch and image height/width (pixels)."""
+
+    batch: Range
+    height: Range
+    width: Range
+
+
+@dataclass(frozen=True)
+class TensorRTSettings:
+    """How `--tensorrt` builds engines."""
+
+    precision: str
+    workspace_gib: float
+    profiles: tuple[Profile, ...]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything an export needs besides the model."""
+
+    name: str
+    opset: int
+    precision: str
+    unet_variants: tuple[str, ...]
+    parity_tolerance: float
+    batch: Range
+    height: Range
+    width: Range
+    concept_rows: Range
+    lora_rank: Range
+    tensorrt: TensorRTSettings
+
+    def to_dict(self) -> dict:
+        """The recipe as written into the export manifest."""
+        return {
+            "name": self.name,
+            "opset": self.opset,
+            "precision": self.precision,
+            "unet_variants": list(self.unet_variants),
+            "parity_tolerance": self.parity_tolerance,
+            "batch": self.batch.as_list(),
+            "height": self.height.as_list(),
+            "width": self.width.as_list(),
+            "concept_rows": self.concept_rows.as_list(),
+            "lora_rank": self.lora_rank.as_list(),
+            "tensorrt": {
+                "precision": self.tensorrt.precision,
+                "workspace_gib": self.tensorrt.workspace_gib,
+                "profiles": [
+                    {"batch": p.batch.as_list(), "height": p.height.as_list(), "width": p.width.as_list()}
+                    for p in self.tensorrt.profiles
+                ],
+            },
+        }
+
+    def check_for(self, spec: ModelSpec, image_multiple: int) -> None:
+        """Image sizes must be multiples of `image_multiple` (VAE factor x UNet down factor)."""
+        sizes = [("height", self.height), ("width", self.width)]
+        sizes += [
+            (f"tensorrt.profiles[{i}].{axis}", getattr(p, axis))
+            for i, p in enumerate(self.tensorrt.profiles)
+            for axis in ("height", "width")
+        ]
+        for field, size in sizes:
+            bad = [value for value in size.as_list() if value % image_multiple]
+            if bad:
+                raise InputError(
+                    f"recipe {self.name}: {field}",
+                    f"{bad[0]} is not a multiple of {image_multiple} (the {spec.kind} model's VAE and UNet factors)",
+                )
+
+
+def _range(data: dict, field: str, low: int = 1, prefix: str = "") -> Range:
+    value = data.get(field)
+    name = prefix + field
+    if isinstance(value, list) and len(value) == 3:
+        value = dict(zip(("min", "opt", "max"), value, strict=True))
+    if not isinstance(value, dict) or set(value) != {"min", "opt", "max"}:
+        raise InputError(name, "must be a table {min, opt, max} or a list [min, opt, max]")
+    numbers = [value[key] for key in ("min", "opt", "max")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        raise InputError(name, f"min, opt and max must be integers, got {numbers}")
+    if not low <= numbers[0] <= numbers[1] <= numbers[2]:
+        raise InputError(name, f"needs {low} <= min <= opt <= max, got {numbers}")
+    return Range(*numbers)
+
+
+def _choice(data: dict, field: str, choices: tuple[str, ...], default: str, prefix: str = "") -> str:
+    value = data.get(field, default)
+    if value not in choices:
+        raise InputError(prefix + field, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _tensorrt(data: dict, batch: Range, height: Range, width: Range) -> TensorRTSettings:
+    """TensorRT settings; each profile must lie inside the recipe's ranges (the ONNX export's)."""
+    outer = {"batch": batch, "height": height, "width": width}
+    profiles = []
+    for index, item in enumerate(data.get("profiles", [])):
+        prefix = f"tensorrt.profiles[{index}]."
+        ranges = {axis: _range(item, axis, prefix=prefix) for axis in outer}
+        for axis, inner in ranges.items():
+            if inner.min < outer[axis].min or inner.max > outer[axis].max:
+                raise InputError(
+                    prefix + axis, f"{inner.as_list()} is outside the recipe's {axis} {outer[axis].as_list()}"
+                )
+        profiles.append(Profile(**ranges))
+    workspace = data.get("workspace_gib", 4.0)
+    if not isinstance(workspace, int | float) or workspace <= 0:
+        raise InputError("tensorrt.workspace_gib", f"must be a positive number, got {workspace!r}")
+    return TensorRTSettings(
+        _choice(data, "precision", TENSORRT_PRECISIONS, "fp16", "tensorrt."),
+        float(workspace),
+        tuple(profiles) or (Profile(batch, height, width),),
+    )
+
+
+def recipe_from_dict(data: dict, name: str) -> Recipe:
+    """Build and validate a recipe from parsed TOML; errors name the offending key."""
+    variants = tuple(data.get("unet_variants", ["plain"]))
+    unknown = [v for v in variants if v not in UNET_VARIANTS]
+    if unknown or "plain" not in variants:
+        raise InputError("unet_variants", f"must list 'plain' and optionally 'lora', got {list(variants)}")
+    opset = data.get("opset", 18)
+    if not isinstance(opset, int) or not 17 <= opset <= 23:
+        raise InputError("opset", f"must be an integer in [17, 23], got {opset!r}")
+    tolerance = data.get("parity_tolerance", 1e-3)
+    if not isinstance(tolerance, int | float) or not 0 < tolerance < 1:
+        raise InputError("parity_tolerance", f"must be a number in (0, 1), got {tolerance!r}")
+    batch = _range(data, "batch")
+    if batch.max < 2:
+        raise InputError("batch", "max must be at least 2 (classifier-free guidance runs two samples)")
+    height, width = _range(data, "height", low=8), _range(data, "width", low=8)
+    return Recipe(
+        name=str(data.get("name", name)),
+        opset=opset,
+        precision=_choice(data, "precision", ONNX_PRECISIONS, "fp32"),
+        unet_variants=variants,
+        parity_tolerance=float(tolerance),
+        batch=batch,
+        height=height,
+        width=width,
+        concept_rows=_range(data, "concept_rows"),
+        lora_rank=_range(data, "lora_rank"),
+        tensorrt=_tensorrt(data.get("tensorrt", {}), batch, height, width),
+    )
+
+
+def recipe_path(name_or_file: str | Path) -> Path:
+    """A recipe file: an existing path, or a name in the top-level `export/` folder."""
+    path = Path(name_or_file)
+    if path.is_file():
+        return path
+    candidate = RECIPES_DIR / f"{name_or_file}.toml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))) or f"none found in {RECIPES_DIR}"
+    raise InputError("recipe", f"{str(name_or_file)!r} is neither a file nor a known recipe ({known})")
+
+
+def load_recipe(name_or_file: str | Path) -> Recipe:
+    """Read and validate a recipe by name (`tiny`, `sd15-512`, ...) or path."""
+    path = recipe_path(name_or_file)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError("recipe", f"{path}: not valid TOML ({exc})") from exc
+    return recipe_from_dict(data, path.stem)
+
+
+def default_recipe_name(model: object, spec: ModelSpec) -> str:
+    """`tiny` -> tiny, `tiny-xl` -> tiny-xl; anything else (a folder) -> sd15-512 or sdxl-1024 by layout."""
+    return DEFAULT_RECIPES.get(str(model), DEFAULT_RECIPES[spec.kind])

@@ -1,0 +1,225 @@
+"""TensorRT engines from an export folder: FP16 builds over the recipe's profiles, UNet refit for LoRA.
+
+`tensorrt` is imported lazily, only here, and only when engines are built or refitted; everything
+else in clif-serve works without it. What needs no TensorRT is separate and unit-tested: the
+optimisation profiles (`stage_profiles`), the initializer map (`weight_map`) and the refit plan
+(`refit`). Building and refitting themselves have only been written against the TensorRT 10
+Python API documentation; they have not been run (tensorrt cannot be installed where this was
+developed). Note from NVIDIA's documentation: with `BuilderFlag.REFIT` some TensorRT versions may
+drop a GEMM bias (11.3 known issue); check a refitted engine's output against ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+from tqdm import tqdm
+
+from clif_serve.concepts.lora import LoraWeights
+from clif_serve.errors import ClifServeError
+from clif_serve.export import layout
+from clif_serve.export.recipe import Profile, Recipe
+from clif_serve.export.refit import refit_plan, weight_with_lora
+from clif_serve.export.weight_map import lora_target_initializers, read_weight_map
+
+Shape = tuple[int, ...]
+# The stages that get engines; unet_lora does not (a LoRA swap on TensorRT is a refit of `unet`).
+ENGINE_STAGES_AFTER_TEXT = (layout.UNET_STAGE, layout.VAE_DECODER_STAGE)
+_SYMBOL = re.compile(r"(?:(\d+)\*)?([A-Za-z_]\w*)")
+
+
+class TensorRTUnavailable(ClifServeError):
+    """The tensorrt package (and a CUDA GPU) is needed for this step."""
+
+
+def import_tensorrt():
+    """The `tensorrt` module, or a clear error saying what is missing and what works without it."""
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            "TensorRT engines need the `tensorrt` Python package and a CUDA GPU (pip install tensorrt on a "
+            "machine with NVIDIA drivers); the ONNX export and the ONNX Runtime executor work without it"
+        ) from exc
+    return tensorrt
+
+
+def symbol_values(profile: Profile, recipe: Recipe, image_multiple: int) -> dict[str, tuple[int, int, int]]:
+    """(min, opt, max) of every symbolic dimension the exporter names, for one profile."""
+    return {
+        "batch": (profile.batch.min, profile.batch.opt, profile.batch.max),
+        "height_units": tuple(v // image_multiple for v in profile.height.as_list()),
+        "width_units": tuple(v // image_multiple for v in profile.width.as_list()),
+        "concept_rows": (recipe.concept_rows.min, recipe.concept_rows.opt, recipe.concept_rows.max),
+        "lora_rank": (recipe.lora_rank.min, recipe.lora_rank.opt, recipe.lora_rank.max),
+    }
+
+
+def _dim_range(dim: int | str, values: Mapping[str, tuple[int, int, int]]) -> tuple[int, int, int]:
+    if isinstance(dim, int):
+        return dim, dim, dim
+    match = _SYMBOL.fullmatch(dim.replace(" ", ""))
+    if match is None or match.group(2) not in values:
+        raise ClifServeError(f"cannot derive a TensorRT profile for the dimension {dim!r}")
+    factor = int(match.group(1) or 1)
+    low, opt, high = values[match.group(2)]
+    return factor * low, factor * opt, factor * high
+
+
+def stage_profiles(
+    folder: layout.ExportFolder, stage: str, recipe: Recipe
+) -> list[dict[str, tuple[Shape, Shape, Shape]]]:
+    """For each recipe profile: input name -> (min, opt, max) shapes, from the stage's symbolic shapes."""
+    multiple = folder.manifest["image"]["multiple"]
+    profiles = []
+    for profile in recipe.tensorrt.profiles:
+        values = symbol_values(profile, recipe, multiple)
+        shapes = {}
+        for item in folder.stage_manifest(stage)["inputs"]:
+            ranges = [_dim_range(d, values) for d in item["shape"]]
+            shapes[item["name"]] = tuple(tuple(r[i] for r in ranges) for i in range(3))
+        profiles.append(shapes)
+    return profiles
+
+
+def engine_stages(folder: layout.ExportFolder) -> tuple[str, ...]:
+    """Stages built as engines: the text encoder(s), the plain UNet and the VAE decoder."""
+    return folder.spec.text_encoder_names + ENGINE_STAGES_AFTER_TEXT
+
+
+def build_engine(folder: layout.ExportFolder, stage: str, recipe: Recipe, refittable: bool) -> dict:
+    """Build `<stage>/model.plan` from the stage's ONNX; return its manifest entry."""
+    trt = import_tensorrt()
+    started = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(folder.onnx_path(stage))):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ClifServeError(f"TensorRT could not parse {folder.onnx_path(stage)}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(recipe.tensorrt.workspace_gib * 2**30))
+    if recipe.tensorrt.precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    if refittable:
+        config.set_flag(trt.BuilderFlag.REFIT)
+    profiles = stage_profiles(folder, stage, recipe)
+    for shapes in profiles:
+        profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in shapes.items():
+            profile.set_shape(name, low, opt, high)
+        config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ClifServeError(f"TensorRT failed to build an engine for stage {stage}")
+    folder.engine_path(stage).write_bytes(bytes(serialized))
+    return {
+        "file": f"{stage}/{layout.ENGINE_FILE}",
+        "precision": recipe.tensorrt.precision,
+        "refittable": refittable,
+        "profiles": [{name: [list(s) for s in shapes] for name, shapes in p.items()} for p in profiles],
+        "build_seconds": round(time.perf_counter() - started, 3),
+        "tensorrt_version": trt.__version__,
+    }
+
+
+def build_engines(folder: layout.ExportFolder, recipe: Recipe, progress: bool = False) -> dict[str, dict]:
+    """Build every engine stage (the UNet refittable); return stage -> engine manifest entry."""
+    stages = engine_stages(folder)
+    return {
+        stage: build_engine(folder, stage, recipe, refittable=stage == layout.UNET_STAGE)
+        for stage in tqdm(stages, desc="tensorrt", unit="engine", disable=not progress)
+    }
+
+
+class OnnxInitializers(Mapping[str, np.ndarray]):
+    """Initializers of an ONNX file by name, loaded one at a time (external data read on demand)."""
+
+    def __init__(self, path: Path):
+        self._folder = path.parent
+        model = onnx.load(str(path), load_external_data=False)
+        self._tensors = {tensor.name: tensor for tensor in model.graph.initializer}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        tensor = self._tensors[name]
+        if uses_external_data(tensor):
+            tensor = onnx.TensorProto.FromString(tensor.SerializeToString())
+            load_external_data_for_tensor(tensor, str(self._folder))
+        return numpy_helper.to_array(tensor)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+class UnetRefitter:
+    """Switches the LoRA set of a refittable UNet engine by refitting, never by rebuilding.
+
+    Every switch writes every weight the previous set *or* the new one touches (`refit_plan`), and
+    also any weight TensorRT reports missing (weights it fused with those), at its value under the
+    new set.
+    """
+
+    def __init__(self, engine, folder: layout.ExportFolder):
+        if folder.merged_lora is not None:
+            raise ClifServeError(
+                f"the unet stage of {folder.root} has LoRA {folder.merged_lora} merged; refitting needs the base "
+                "weights: export without --merge-lora for TensorRT"
+            )
+        self._trt = import_tensorrt()
+        self._engine = engine
+        weight_map = read_weight_map(folder.stage_dir(layout.UNET_STAGE) / layout.WEIGHT_MAP_FILE)
+        self._targets = lora_target_initializers(weight_map, sorted(folder.spec.lora_targets))
+        self._module_of = {name: (module, transposed) for module, (name, transposed) in self._targets.items()}
+        self._base = OnnxInitializers(folder.onnx_path(layout.UNET_STAGE))
+        self._spec = folder.spec
+        self.current: LoraWeights | None = None
+
+    def _value(self, name: str, lora: LoraWeights | None) -> np.ndarray:
+        """An initializer's value under `lora` (for weights TensorRT reports missing)."""
+        if name not in self._base:
+            raise ClifServeError(
+                f"TensorRT asks for refit weights {name!r}, which is no initializer of the ONNX UNet"
+            )
+        module, transposed = self._module_of.get(name, (None, False))
+        base = self._base[name]
+        return base if module is None else weight_with_lora(base, module, transposed, lora)
+
+    def _set(self, refitter, arrays: Mapping[str, np.ndarray]) -> None:
+        for name, array in arrays.items():
+            if not refitter.set_named_weights(name, self._trt.Weights(array)):
+                raise ClifServeError(f"TensorRT refused the refit weights {name} {array.shape}")
+
+    def switch(self, lora: LoraWeights | None) -> list[str]:
+        """Refit the engine to `lora` (None: the base UNet); return the initializer names written."""
+        trt = self._trt
+        if lora is not None:
+            lora.validate_against(self._spec.lora_targets)
+        plan = refit_plan(self._targets, self._base, self.current, lora)
+        if not plan:
+            return []
+        refitter = trt.Refitter(self._engine, trt.Logger(trt.Logger.WARNING))
+        # Keep every array referenced until refit_cuda_engine returns: trt.Weights does not copy.
+        arrays = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in plan.items()}
+        self._set(refitter, arrays)
+        # Weights TensorRT fused with the ones just set must be supplied too (at their value under `lora`).
+        missing = {
+            name: np.ascontiguousarray(self._value(name, lora), dtype=np.float32)
+            for name in refitter.get_missing_weights()
+        }
+        self._set(refitter, missing)
+        arrays.update(missing)
+        if not refitter.refit_cuda_engine():
+            raise ClifServeError(f"TensorRT refit failed; missing weights: {refitter.get_missing_weights()}")
+        self.current = lora
+        return sorted(arrays)
