@@ -1,4 +1,4 @@
-"""Export recipes: TOML files in the top-level `export/` folder (read with stdlib `tomllib`).
+"""Export recipes: TOML files in the top-level `export/` folder (read with `tomllib`; `tomli` on Python 3.10).
 
 A recipe fixes what an export supports: the batch range every stage accepts, the image sizes, the
 concept-table rows, the LoRA ranks of `unet_lora`, the UNet variants to emit, the parity tolerance
@@ -12,7 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (e.g. NVIDIA's tritonserver container): the same parser from PyPI
+    import tomli as tomllib
 
 from clif_serve.errors import InputError
 from clif_serve.models.spec import ModelSpec

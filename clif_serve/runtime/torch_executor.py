@@ -8,6 +8,7 @@ as named peft adapters once and switched per call.
 from __future__ import annotations
 
 import threading
+import warnings
 
 import torch
 from peft import LoraConfig
@@ -67,9 +68,15 @@ class TorchExecutor(Executor):
         with self._unet_lock:
             if adapter not in self._adapters:
                 config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.modules)
-                self.base.unet.add_adapter(config, adapter_name=adapter)
+                with warnings.catch_warnings():
+                    # peft warns whenever a second adapter joins the first: several are the point here.
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                    self.base.unet.add_adapter(config, adapter_name=adapter)
                 set_peft_model_state_dict(self.base.unet, lora.tensors, adapter_name=adapter)
-                self.base.unet.to(self.device, self.dtype).requires_grad_(False)
+                for name, parameter in self.base.unet.named_parameters():
+                    if f".{adapter}." in name:
+                        parameter.data = parameter.data.to(self.device, self.dtype)
+                        parameter.requires_grad_(False)
                 self._adapters.add(adapter)
         return adapter
 
