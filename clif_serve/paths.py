@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -14,3 +17,26 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "clif-serve"
+
+
+def cached_model_folder(name: str, marker: str, build: Callable[[Path], None]) -> Path:
+    """`cache_dir()/models/<name>`, made once by `build(staging folder)` and renamed into place.
+
+    `marker` is a file that only a complete folder has. Builders racing each other are safe: the
+    rename is atomic and a loser's copy (identical: builds are seeded) is dropped.
+    """
+    target = cache_dir() / "models" / name
+    if (target / marker).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not (target / marker).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

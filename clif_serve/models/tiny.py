@@ -7,9 +7,6 @@ built once and cached under `cache_dir()` (see `clif_serve.paths`).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,7 +21,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from clif_serve.models.vocab import build_clip_tokenizer
-from clif_serve.paths import cache_dir
+from clif_serve.paths import cached_model_folder
 
 # Bump when the recipe below changes, so stale caches are rebuilt instead of reused.
 TINY_RECIPE_VERSION = "2"
@@ -149,19 +146,6 @@ def embedded_model_dir(name: str) -> Path:
     """Return the cached folder of an embedded model, building it on first use (atomically)."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown embedded model {name!r}; choose one of {', '.join(EMBEDDED_MODELS)}")
-    target = cache_dir() / "models" / f"{name}-v{TINY_RECIPE_VERSION}"
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        _BUILDERS[name]().save_pretrained(staging)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            # Another process finished first; its folder is identical (same seeds).
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return cached_model_folder(
+        f"{name}-v{TINY_RECIPE_VERSION}", "model_index.json", lambda staging: _BUILDERS[name]().save_pretrained(staging)
+    )

@@ -12,9 +12,6 @@ PIL/torch (resize the short side, centre crop, CLIP mean/std) because transforme
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
 from transformers.utils import logging as transformers_logging
 
 from clif_serve.errors import InputError
-from clif_serve.paths import cache_dir
+from clif_serve.paths import cached_model_folder
 from clif_serve.training.data import center_square
 
 TINY_CLIP_RECIPE_VERSION = "1"
@@ -50,24 +47,14 @@ def tiny_clip_config(
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
 
 
+def _build_tiny_clip(folder: Path) -> None:
+    torch.manual_seed(4)
+    CLIPModel(tiny_clip_config()).save_pretrained(folder)
+
+
 def embedded_clip_dir() -> Path:
-    """The cached tiny CLIP folder, built on first use (seed 4) and moved into place atomically."""
-    target = cache_dir() / "models" / f"tiny-clip-v{TINY_CLIP_RECIPE_VERSION}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-clip-", dir=target.parent))
-    try:
-        torch.manual_seed(4)
-        CLIPModel(tiny_clip_config()).save_pretrained(staging)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    """The cached tiny CLIP folder, built on first use (seed 4)."""
+    return cached_model_folder(f"tiny-clip-v{TINY_CLIP_RECIPE_VERSION}", "config.json", _build_tiny_clip)
 
 
 def _read_tensors(folder: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
