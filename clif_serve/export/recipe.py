@@ -9,10 +9,9 @@ guidance the UNet sees two per image.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import sys
 
 if sys.version_info >= (3, 11):
     import tomllib
