@@ -5,8 +5,8 @@ All pipelines draw the same image: same prompt with two concepts (diffusers gets
 size. Rounds are interleaved (one run of each pipeline per round) so that load from other
 processes on a shared machine hits all of them alike; after `--warmup` rounds, the median of
 `--rounds` is reported, with ratios taken within this one run. The ONNX Runtime executor runs
-with its defaults (plain `InferenceSession.run`, idle threads not spinning), with IOBinding and
-with spinning threads, to choose between them. Per-stage times (text encoding, one UNet call at
+with its defaults (plain `InferenceSession.run`, idle threads not spinning) and with IOBinding,
+to choose between them (spinning threads: see `ort_variants`). Per-stage times (text encoding, one UNet call at
 the guidance batch, VAE decoding) show where time goes.
 
     python benchmarks/pipeline_speed.py                 # exports tiny to a temporary folder first
@@ -31,10 +31,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from diffusers import StableDiffusionPipeline
 
-from clif_serve.concepts.create import new_pack
-from clif_serve.concepts.textual_inversion import export_textual_inversion
+from clif_serve.bench.baselines import diffusers_pipeline, stand_in_packs
 from clif_serve.export.exporter import export_model
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.factory import ort_pipeline, torch_pipeline
@@ -46,27 +44,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT = "a photo of <joe> and <rex> on the beach"
 NEGATIVE = "blurry"
 GOAL = 2.0  # ORT >= 2x faster than diffusers eager, end to end
-
-
-def _packs(base):
-    """Two concepts: class-word tokens moved by seeded noise (stand-ins for trained embeddings)."""
-    packs = []
-    for seed, (name, word) in enumerate([("joe", "person"), ("rex", "dog")]):
-        pack = new_pack(base, name, word, 2)
-        generator = torch.Generator().manual_seed(seed)
-        moved = {k: v + 0.5 * torch.randn(v.shape, generator=generator) for k, v in pack.embeddings.items()}
-        packs.append(replace(pack, embeddings=moved))
-    return packs
-
-
-def _diffusers(base, packs, folder: Path) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(base.path, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    for pack in packs:
-        pipe.load_textual_inversion(
-            str(export_textual_inversion(pack, folder / f"{pack.name}.safetensors")), token=pack.trigger
-        )
-    return pipe
 
 
 def _timed(run: Callable[[], object]) -> tuple[float, object]:
@@ -108,19 +85,20 @@ def _stage_times(pipelines: dict, request: GenerationRequest, repeat: int) -> di
 
 
 def ort_variants(threads: int) -> dict[str, OrtSettings]:
-    """The ONNX Runtime settings compared: the defaults (plain runs, no spinning), IOBinding, spinning."""
+    """The ONNX Runtime settings compared: the defaults (plain runs, no spinning) and IOBinding.
+
+    Spinning intra-op threads (`OrtSettings.spin`) are left out on purpose: after a run they keep
+    burning CPU for a while, which slows whatever runs next in the process — here the other
+    pipelines of the interleaved rounds — so they cannot be compared fairly in one process.
+    """
     settings = OrtSettings(intra_op_threads=threads)
-    return {
-        "plain run": settings,
-        "IOBinding": replace(settings, io_binding=True),
-        "spinning threads": replace(settings, spin=True),
-    }
+    return {"plain run": settings, "IOBinding": replace(settings, io_binding=True)}
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
     """Build the pipelines (files under `work`), time them interleaved and return the report."""
     base = load_base_model("tiny")
-    packs = _packs(base)
+    packs = stand_in_packs(base, [("joe", "person"), ("rex", "dog")])
     export_seconds = None
     export_dir = args.export
     if export_dir is None:
@@ -131,7 +109,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         PROMPT, negative_prompt=NEGATIVE, steps=args.steps, guidance_scale=7.5, seed=0
     )
     request = request.validated(base.spec)
-    diffusers_pipe = _diffusers(base, packs, work)
+    diffusers_pipe = diffusers_pipeline(base, packs, work)
     ours = {
         "clif TorchExecutor": torch_pipeline("tiny", packs),
         **{

@@ -6,4 +6,5 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/bootstrap.sh"
 cd "$root"
+export TRANSFORMERS_VERBOSITY="${TRANSFORMERS_VERBOSITY:-error}"
 exec "$root/.venv/bin/python" -m clif_serve.serving.demo --workdir demo-output --json demo-output/figures.json "$@"
