@@ -58,8 +58,10 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"Mixed concepts: {mixed['clients']} clients, throughput mixed {mixed['throughput_rps']['mixed']:.2f} vs single "
-        f"{mixed['throughput_rps']['single']:.2f} req/s (ratio {mixed['ratio_mixed_over_single']:.2f}); server batches "
-        f"(last mixed round): {mixed['server_batches_last_round']['mixed']}.",
+        f"{mixed['throughput_rps']['single']:.2f} req/s (ratio {mixed['ratio_mixed_over_single']:.2f}); executions by "
+        "batch size (samples; 2 per request) in the last mixed round: "
+        + ", ".join(f"{model} {row['batches_by_size']}" for model, row in mixed["server_batches_last_round"]["mixed"].items())
+        + ".",
         f"Hot-load under {hot['background_clients']} clients: add {_ms(hot['add_ms'])} ms, send -> first image "
         f"{_ms(hot['send_to_first_image_ms'])} ms, remove {_ms(hot['remove_ms'])} ms; background "
         f"{hot['background']['completed']} requests, {hot['background']['failed']} failed.",
@@ -79,7 +81,8 @@ def plot_concurrency(report: dict, path: Path) -> None:
     throughput_axis = latency_axis.twinx()
     throughput_axis.plot(clients, [row["throughput_rps"] for row in rows], "^:", color="tab:green", label="throughput")
     throughput_axis.set_ylabel("throughput (req/s)")
-    figure.legend(loc="upper left")
+    lines = latency_axis.get_lines() + throughput_axis.get_lines()
+    latency_axis.legend(lines, [line.get_label() for line in lines], loc="upper left")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
