@@ -15,6 +15,8 @@ from pathlib import Path
 
 from clif_serve.export.exporter import export_model
 from clif_serve.export.layout import MANIFEST, ExportFolder, open_export
+from clif_serve.export.recipe import default_recipe_name
+from clif_serve.models.loading import load_base_model
 from clif_serve.serving.launcher import Ports, TritonServer
 from clif_serve.serving.options import RepoOptions
 from clif_serve.serving.repository import build_repository
@@ -36,8 +38,13 @@ class LocalService:
 
 
 def prepare_export(model: str, export_dir: Path) -> ExportFolder:
-    """The export in `export_dir`, made from `model` with its default recipe unless one is there already."""
-    return open_export(export_dir) if (export_dir / MANIFEST).is_file() else export_model(model, export_dir)
+    """The export of `model` in `export_dir`: reused when it was made from the same base, else (re)made."""
+    base = load_base_model(model)
+    if (export_dir / MANIFEST).is_file():
+        existing = open_export(export_dir)
+        if existing.spec.fingerprint == base.spec.fingerprint:
+            return existing
+    return export_model(base, export_dir, recipe=default_recipe_name(model, base.spec), overwrite=True)
 
 
 @contextmanager
