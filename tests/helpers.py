@@ -1,10 +1,13 @@
-"""Test helpers: random but valid concept packs and LoRA weights."""
+"""Test helpers: random but valid concept packs and LoRA weights, and unvalidated pack bytes."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 import torch
+from safetensors.torch import save as save_safetensors
+
+from clif_serve.concepts.pack import EMBEDDING_PREFIX, LORA_PREFIX
 
 
 def random_pack(base, name: str, class_word: str = "dog", seed: int = 0, num_tokens: int = 2):
@@ -27,3 +30,11 @@ def random_lora(base, rank: int = 4, alpha: float = 4.0, seed: int = 0, modules:
         tensors[f"{module}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * 0.3
         tensors[f"{module}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * 0.3
     return LoraWeights(tensors, rank=rank, alpha=alpha)
+
+
+def raw_pack_bytes(pack, embeddings=None, metadata=None) -> bytes:
+    """A pack's safetensors bytes WITHOUT validation, to build broken packs for refusal tests."""
+    tensors = {EMBEDDING_PREFIX + k: v.contiguous() for k, v in (embeddings or pack.embeddings).items()}
+    if pack.lora is not None:
+        tensors.update({LORA_PREFIX + k: v.contiguous() for k, v in pack.lora.tensors.items()})
+    return save_safetensors(tensors, metadata={**pack.manifest(), **(metadata or {})})

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save as save_safetensors
 
-from clif_serve.concepts.pack import EMBEDDING_PREFIX, LORA_PREFIX
 from clif_serve.serving.client import ClifClient
 from clif_serve.serving.launcher import Ports, TritonServer
 from clif_serve.serving.options import RepoOptions
@@ -37,14 +35,6 @@ def packs(tiny_base):
         random_pack(tiny_base, "ann_lora", seed=9), lora=random_lora(tiny_base, seed=3)
     )
     return made
-
-
-def raw_pack_bytes(pack, embeddings=None, metadata=None) -> bytes:
-    """A pack's safetensors bytes WITHOUT validation, so broken packs can be sent to a server."""
-    tensors = {EMBEDDING_PREFIX + k: v.contiguous() for k, v in (embeddings or pack.embeddings).items()}
-    if pack.lora is not None:
-        tensors.update({LORA_PREFIX + k: v.contiguous() for k, v in pack.lora.tensors.items()})
-    return save_safetensors(tensors, metadata={**pack.manifest(), **(metadata or {})})
 
 
 def with_value(pack, value: float) -> dict[str, torch.Tensor]:

@@ -36,8 +36,8 @@ from clif_serve.serving.launcher import Ports
 from clif_serve.serving.options import RepoOptions
 from clif_serve.serving.protocol import PIPELINE_MODEL
 from clif_serve.serving.repository import build_repository
-from tests.helpers import random_lora, random_pack
-from tests.serving.conftest import Served, raw_pack_bytes, with_value
+from tests.helpers import random_lora, random_pack, raw_pack_bytes
+from tests.serving.conftest import Served, with_value
 
 
 @pytest.fixture(scope="module")
