@@ -22,7 +22,7 @@ def _batch_sizes(stats: dict) -> dict[int, int]:
 
 
 def difference(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
-    """Per model: requests, executions, mean request/queue/compute ms and batch-size histogram in between."""
+    """Per model: requests, executions, mean and total request/queue/compute ms, batch-size histogram in between."""
     figures = {}
     for model, now in after.items():
         then = before.get(model, {})
@@ -33,6 +33,7 @@ def difference(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dic
             count = _ns(now, key)[0] - _ns(then, key)[0]
             total = _ns(now, key)[1] - _ns(then, key)[1]
             row[f"{key}_mean_ms"] = total / count / 1e6 if count else None
+            row[f"{key}_total_ms"] = total / 1e6
         earlier = _batch_sizes(then)
         row["batches_by_size"] = {
             size: count - earlier.get(size, 0)

@@ -85,9 +85,8 @@ def _timed_requests(run: Callable[[], object], warmup: int, count: int, progress
     return LatencySummary.of(samples)
 
 
-def in_process(config: BenchConfig, packs, progress: Progress) -> dict:
+def in_process(config: BenchConfig, base, packs, progress: Progress) -> dict:
     """ORT pipeline (with per-stage timing) and diffusers eager on the same request, in this process."""
-    base = load_base_model(config.model)
     executor = TimedExecutor(OrtExecutor(config.export, OrtSettings()))
     ort = ConceptPipeline(executor, config.export.tokenizers(), ConceptRegistry(config.export.spec, packs))
     request = config.request()
@@ -255,7 +254,7 @@ def run_suite(config: BenchConfig) -> dict:
             "config": {f.name: getattr(config, f.name) for f in fields(config) if f.name != "export"}
             | {"export": str(config.export.root)},
             "environment": describe_environment({"ort_settings": asdict(OrtSettings())}),
-            "in_process": in_process(config, packs, progress),
+            "in_process": in_process(config, base, packs, progress),
             "served": served_single(config, client, progress),
             "concurrency": concurrency_sweep(config, progress),
             "mixed": mixed_vs_single(config, client, base, progress),

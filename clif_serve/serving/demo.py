@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from clif_serve.bench.server_stats import difference, snapshot
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.concepts.create import new_pack
 from clif_serve.export.layout import UNET_STAGE, VAE_DECODER_STAGE
@@ -51,15 +52,12 @@ def timings(runs: dict[str, Callable[[], object]], count: int) -> dict[str, dict
 
 def breakdown(client: ClifClient, stages: list[str]) -> dict[str, dict[str, float]]:
     """Mean queue and compute milliseconds per pipeline request, per model, over the server's life."""
-    requests = int(client.statistics(PIPELINE_MODEL)["inference_stats"]["success"]["count"])
-    rows = {}
-    for model in (PIPELINE_MODEL, *stages):
-        stats = client.statistics(model)["inference_stats"]
-        rows[model] = {
-            kind: int(stats[key].get("ns", 0)) / 1e6 / requests
-            for kind, key in (("queue", "queue"), ("compute", "compute_infer"))
-        }
-    return rows
+    figures = difference({}, snapshot(client, (PIPELINE_MODEL, *stages)))
+    requests = figures[PIPELINE_MODEL]["requests"]
+    return {
+        model: {"queue": row["queue_total_ms"] / requests, "compute": row["compute_infer_total_ms"] / requests}
+        for model, row in figures.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
