@@ -1,4 +1,5 @@
-"""The concept store: a folder of pack files that a server loads at start and writes on hot-load.
+"""The concept store: a folder of pack files that a server writes on hot-load (read back by
+`clif_serve.serving.concept_sync.StoreSync`).
 
 Writes are atomic (temporary file + rename in the same folder), so a crash never leaves a half
 written pack, a restart sees exactly the concepts that were accepted, and replicas sharing the
@@ -7,14 +8,11 @@ folder see the same set.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from clif_serve.concepts.pack import ConceptPack, check_name, read_pack, write_pack
-from clif_serve.concepts.registry import ConceptRegistry
+from clif_serve.concepts.pack import ConceptPack, check_name, write_pack
 from clif_serve.errors import PackError
 
-log = logging.getLogger(__name__)
 PACK_SUFFIX = ".safetensors"
 
 
@@ -40,16 +38,3 @@ class ConceptStore:
         if not path.is_file():
             raise PackError("name", f"no concept named {name!r} in the store")
         path.unlink()
-
-    def load_into(self, registry: ConceptRegistry) -> list[str]:
-        """Add every valid pack to `registry`; invalid files are logged and skipped. Returns the names added."""
-        added = []
-        for path in sorted(self.folder.glob(f"*{PACK_SUFFIX}")):
-            try:
-                pack = read_pack(path)
-                registry.add(pack, replace=True)
-            except PackError as exc:
-                log.warning("skipping concept pack %s: %s", path.name, exc)
-                continue
-            added.append(pack.name)
-        return added
