@@ -154,8 +154,6 @@ class OrtExecutor(Executor):
 
     def load_lora(self, lora: LoraWeights) -> str:
         """Make `lora` runnable: the merged set needs nothing, others become `unet_lora` adapters."""
-        lora.validate()
-        lora.validate_against(self.spec.lora_targets)
         if lora.set_id == self._merged:
             return lora.set_id
         if self._unet_lora is None:
@@ -165,7 +163,9 @@ class OrtExecutor(Executor):
             )
         with self._lock:
             if lora.set_id in self._adapters:
-                return lora.set_id
+                return lora.set_id  # validated when it was first loaded: nothing more on the request path
+        lora.validate()
+        lora.validate_against(self.spec.lora_targets)
         adapter = ort.LoraAdapter()
         # onnxruntime loads adapters from files only; it reads the file whole, so it can go at once.
         handle, name = tempfile.mkstemp(suffix=".onnx_adapter")

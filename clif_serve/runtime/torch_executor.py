@@ -63,10 +63,10 @@ class TorchExecutor(Executor):
         return self.base.vae.decode(self._to_device(latents), return_dict=False)[0]
 
     def load_lora(self, lora: LoraWeights) -> str:
-        lora.validate_against(self.spec.lora_targets)
         adapter = lora.set_id
         with self._unet_lock:
-            if adapter not in self._adapters:
+            if adapter not in self._adapters:  # validated once, when first loaded
+                lora.validate_against(self.spec.lora_targets)
                 config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.modules)
                 with warnings.catch_warnings():
                     # peft warns whenever a second adapter joins the first: several are the point here.
