@@ -18,9 +18,9 @@ RUN apt-get update \
 WORKDIR /opt/clif-serve
 COPY pyproject.toml README.md ./
 COPY scripts/ scripts/
+# The export recipes and the model repository template live inside the package (clif_serve/export/recipes,
+# clif_serve/serving/model_repo); the checkout's top-level export/ and model_repo/ are links to them.
 COPY clif_serve/ clif_serve/
-COPY export/ export/
-COPY model_repo/ model_repo/
 
 # The README's install: scripts/bootstrap.sh = `pip install torch==2.13.0`, then
 # `pip install -e .[test]`. From PyPI on x86_64 that torch is the CUDA build, which is fine:

@@ -22,7 +22,7 @@ def random_pack(base, name: str, class_word: str = "dog", seed: int = 0, num_tok
 
 def random_lora(base, rank: int = 4, alpha: float = 4.0, seed: int = 0, modules: int | None = None):
     """LoRA weights with non-zero A and B for the base UNet's attention projections."""
-    from clif_serve.concepts.lora import LoraWeights
+    from clif_serve.lora.weights import LoraWeights
 
     generator = torch.Generator().manual_seed(seed)
     tensors = {}

@@ -22,7 +22,8 @@ from clif_serve.bench.stats import LatencySummary
 from clif_serve.bench.timed_executor import TimedExecutor
 from clif_serve.concepts.create import new_pack
 from clif_serve.concepts.registry import ConceptRegistry
-from clif_serve.export.layout import ExportFolder
+from clif_serve.contract.folder import ExportFolder
+from clif_serve.contract.stages import UNET, VAE_DECODER
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.ort_executor import OrtExecutor, OrtSettings
 from clif_serve.runtime.pipeline import ConceptPipeline
@@ -123,7 +124,7 @@ def warm_up_server(config: BenchConfig) -> None:
 def served_single(config: BenchConfig, client: ClifClient, progress: Progress) -> dict:
     """Served end to end at concurrency 1, with the per-model server statistics in between."""
     request = config.request()
-    models = [PIPELINE_MODEL, *config.export.spec.text_encoder_names, "unet", "vae_decoder"]
+    models = [PIPELINE_MODEL, *config.export.spec.text_encoder_names, UNET, VAE_DECODER]
     progress.phase("served, one client", config.requests)
     before = snapshot(client, models)
     latency = _timed_requests(lambda: client.generate(request), 0, config.requests, progress)
@@ -149,7 +150,7 @@ def mixed_vs_single(config: BenchConfig, client: ClifClient, base, progress: Pro
     for name, word in zip(names, MIXED_WORDS * 8):
         client.add_concept(new_pack(base, name, word), replace=True)
     per_client = max(2, math.ceil(config.requests / config.mixed_clients))
-    models = [*config.export.spec.text_encoder_names, "unet"]
+    models = [*config.export.spec.text_encoder_names, UNET]
     results: dict[str, list[LoadResult]] = {"single": [], "mixed": []}
     batches: dict[str, dict] = {}
     for _round in range(2):
@@ -221,7 +222,7 @@ def hotload_under_load(config: BenchConfig, client: ClifClient, base, progress: 
 
 
 def goals(report: dict) -> list[dict]:
-    """The issue's goals, each with the measured figure and met / not met."""
+    """The suite's goals, each with the measured figure and met / not met."""
     inproc, served = report["in_process"], report["served"]
     rows = [
         ("ORT pipeline >= 2x faster than diffusers eager (p50)", inproc["diffusers"]["p50"] / inproc["ort"]["p50"], ">=", 2.0),

@@ -35,13 +35,13 @@ def run(args: argparse.Namespace) -> int:
 
     from clif_serve.bench.report import write_report
     from clif_serve.bench.suite import BenchConfig, run_suite
+    from clif_serve.contract.folder import open_export
     from clif_serve.errors import InputError
-    from clif_serve.export.layout import open_export
-    from clif_serve.serving.local import local_service
+    from clif_serve.local import local_server
 
     if args.url and not args.export:
         raise InputError("export", "--url needs --export (the export folder of that server) for the in-process runs")
-    service = nullcontext() if args.url else local_service(args.model)
+    service = nullcontext() if args.url else local_server(args.model)
     with service as local:
         config = BenchConfig(
             url=args.url or local.url,

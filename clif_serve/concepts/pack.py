@@ -23,13 +23,13 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from clif_serve.concepts.lora import LoraWeights
+from clif_serve.concepts.limits import DEFAULT_MAX_PACK_BYTES
 from clif_serve.errors import PackError
+from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.spec import ModelSpec
 
 FORMAT = "clif-serve/concept-pack"
 FORMAT_VERSION = "1"
-DEFAULT_MAX_PACK_BYTES = 256 * 1024 * 1024
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TRIGGER_PATTERN = re.compile(r"<[A-Za-z0-9_-]{1,64}>")
 EMBEDDING_PREFIX = "embeddings."
@@ -48,6 +48,9 @@ class ConceptPack:
     base_fingerprint: str
     embeddings: dict[str, torch.Tensor] = field(hash=False, compare=False)
     lora: LoraWeights | None = None
+    # What this pack was already validated for ("" = self-consistency, else a base fingerprint): a
+    # pack is checked once however many layers (parsing, registry, store) ask for it.
+    _validated: set[str] = field(default_factory=set, init=False, repr=False, compare=False, hash=False)
 
     @property
     def num_tokens(self) -> int:
@@ -73,7 +76,9 @@ class ConceptPack:
 
     def validate(self) -> None:
         """Self-consistency checks that need no base model; raise PackError naming the field."""
-        check_name(self.name)
+        if "" in self._validated:
+            return
+        validate_name(self.name)
         if not TRIGGER_PATTERN.fullmatch(self.trigger):
             raise PackError("trigger", f"{self.trigger!r} must look like <name> with [A-Za-z0-9_-]{{1,64}} inside")
         if not self.tokens or len(set(self.tokens)) != len(self.tokens):
@@ -93,9 +98,12 @@ class ConceptPack:
             for key, tensor in self.lora.tensors.items():
                 if not torch.isfinite(tensor).all():
                     raise PackError(LORA_PREFIX + key, "contains NaN or Inf values")
+        self._validated.add("")
 
     def validate_for(self, spec: ModelSpec) -> None:
         """Check the pack fits a base model: fingerprint, text encoders, hidden sizes, LoRA targets."""
+        if spec.fingerprint in self._validated:
+            return
         self.validate()
         if self.base_fingerprint != spec.fingerprint:
             raise PackError(
@@ -118,9 +126,10 @@ class ConceptPack:
                 )
         if self.lora is not None:
             self.lora.validate_against(spec.lora_targets)
+        self._validated.add(spec.fingerprint)
 
 
-def check_name(name: str) -> None:
+def validate_name(name: str) -> None:
     """Concept names are file-name safe: `[A-Za-z0-9_-]{1,64}` (no paths, no control characters)."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise PackError("name", f"{name!r} must match [A-Za-z0-9_-]{{1,64}}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from clif_serve.concepts.pack import ConceptPack, check_name, default_tokens
+from clif_serve.concepts.pack import ConceptPack, default_tokens, validate_name
 from clif_serve.errors import PackError
 from clif_serve.models.spec import ModelSpec
 
@@ -74,7 +74,7 @@ def import_textual_inversion(
     embeddings, token = read_textual_inversion(path, spec)
     if name is None:
         name = (token or Path(path).stem).strip("<>")
-    check_name(name)
+    validate_name(name)
     num_tokens = next(iter(embeddings.values())).shape[0]
     pack = ConceptPack(
         name=name,

@@ -1,4 +1,4 @@
-"""Triton Python-backend control model `clif_concepts`: add / remove / list (work in `concept_sync`)."""
+"""Triton Python-backend control model `clif_concepts`: add / remove / list (work in `concept_control`)."""
 
 from __future__ import annotations
 
@@ -6,24 +6,23 @@ import json
 
 import numpy as np
 
-from clif_serve.serving.backend_utils import error_response, inputs_of, model_paths, response
-from clif_serve.serving.concept_sync import ConceptControl, resolve_store
+from clif_serve.serving.backend_utils import error_response, inputs_of, model_context, response
+from clif_serve.serving.concept_control import ConceptControl, resolve_store
 from clif_serve.serving.protocol import CONCEPTS_INPUTS, RESULT_OUTPUT, decode_fields
-from clif_serve.serving.service import read_model_folder
 
 
 class ConceptsModel:
     """Validates and stores hot-loaded packs in the concept store shared by every pipeline."""
 
     def initialize(self, args: dict) -> None:
-        _, parameters, version_dir, repo_root = model_paths(args)
-        spec = read_model_folder(version_dir).spec
+        context = model_context(args)
+        deployment = context.folder().deployment
+        parameters = context.parameters
         self.control = ConceptControl(
-            resolve_store(parameters.get("concept_store", ""), repo_root, spec),
-            spec,
-            max_pack_bytes=int(parameters["max_pack_bytes"]),
-            lora_stage=parameters.get("lora_stage", ""),
-            merged_lora=parameters.get("merged_lora") or None,
+            resolve_store(parameters.concept_store, context.repo_root, deployment.spec),
+            deployment.spec,
+            max_pack_bytes=parameters.max_pack_bytes,
+            routing=deployment.routing(parameters.lora_adapters),
         )
 
     def execute(self, requests):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clif_serve.errors import ClifServeError
-from clif_serve.serving.concept_sync import STORE_ENV
+from clif_serve.serving.concept_control import STORE_ENV
 
 PYTRITON_LIBS = "nvidia_pytriton.libs"
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)

@@ -2,7 +2,9 @@
 
 Each stage call goes through a `StageCall` (inside Triton: a BLS request, see
 `backend_utils.bls_call`), so concurrent pipeline instances' calls meet in the stage models'
-dynamic batchers. Concept tables are zero-padded to the fixed row count of the stage signature.
+dynamic batchers. Tensor names come from the deployment's stage signatures; concept tables are
+zero-padded to the deployment's fixed row count; the UNet stage and adapter of each request
+come from its LoRA routing.
 """
 
 from __future__ import annotations
@@ -12,22 +14,12 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from clif_serve.concepts.lora import LoraWeights
+from clif_serve.contract.deployment import Deployment
+from clif_serve.contract.routing import LoraRouting
+from clif_serve.contract.stages import VAE_DECODER
 from clif_serve.errors import InputError
-from clif_serve.export.layout import (
-    TEXT_ENCODER_INPUTS,
-    TEXT_ENCODER_OUTPUTS,
-    UNET_INPUTS,
-    UNET_OUTPUTS,
-    UNET_SDXL_INPUTS,
-    UNET_STAGE,
-    VAE_DECODER_INPUTS,
-    VAE_DECODER_OUTPUTS,
-    VAE_DECODER_STAGE,
-)
-from clif_serve.models.spec import ModelSpec
+from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
-from clif_serve.serving.concept_sync import check_lora_servable
 from clif_serve.serving.signatures import LORA_ID_INPUT
 
 # (model name, inputs by name, output names) -> outputs by name
@@ -54,60 +46,49 @@ def pad_concept_table(table: torch.Tensor, rows: int) -> torch.Tensor:
 class TritonExecutor(Executor):
     """Runs the text encoders, UNet and VAE decoder as calls to the repository's stage models."""
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        call: StageCall,
-        concept_rows: int,
-        lora_stage: str = "",
-        merged_lora: str | None = None,
-    ):
-        self.spec = spec
+    def __init__(self, deployment: Deployment, call: StageCall, routing: LoraRouting):
+        self.deployment = deployment
+        self.spec = deployment.spec
         self.call = call
-        self.concept_rows = concept_rows
-        self.lora_stage = lora_stage
-        self.merged_lora = merged_lora  # the LoRA set folded into the plain unet stage, if any
+        self.routing = routing
+
+    def _call(self, stage: str, tensors: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
+        outputs = self.deployment.signature(stage).output_names
+        result = self.call(stage, tensors, outputs)
+        return [torch.from_numpy(np.array(result[name])) for name in outputs]
 
     def encode_text(self, encoder_index, input_ids, concept_table):
-        encoder = self.spec.text_encoders[encoder_index]
-        ids_name, table_name = TEXT_ENCODER_INPUTS
-        table = pad_concept_table(concept_table.to(torch.float32), self.concept_rows)
-        outputs = self.call(
-            encoder.name,
-            {ids_name: _array(input_ids, np.int64), table_name: _array(table)},
-            TEXT_ENCODER_OUTPUTS,
-        )
-        return tuple(torch.from_numpy(np.array(outputs[name])) for name in TEXT_ENCODER_OUTPUTS)
+        stage = self.spec.text_encoder_names[encoder_index]
+        ids_name, table_name = self.deployment.signature(stage).input_names
+        table = pad_concept_table(concept_table.to(torch.float32), self.deployment.served_concept_rows)
+        hidden, pooled = self._call(stage, {ids_name: _array(input_ids, np.int64), table_name: _array(table)})
+        return hidden, pooled
 
     def predict_noise(
         self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, lora_id=None
     ):
+        route = self.routing.route(lora_id)
         # The timestep is a per-sample scalar: sent as [B, 1], the stage sees [B] (config reshape).
-        per_sample = (sample, timestep.reshape(-1, 1), encoder_hidden_states)
-        feed = {name: _array(value) for name, value in zip(UNET_INPUTS, per_sample, strict=True)}
+        values = [sample, timestep.reshape(-1, 1), encoder_hidden_states]
         if self.spec.kind == "sdxl":
-            feed.update(
-                {
-                    name: _array(value)
-                    for name, value in zip(UNET_SDXL_INPUTS, (text_embeds, time_ids), strict=True)
-                }
-            )
-        stage = UNET_STAGE
-        if lora_id != self.merged_lora:  # an adapter, or the base UNet of an export with a merged LoRA
-            stage = self.lora_stage
-            feed[LORA_ID_INPUT] = np.array([[(lora_id or "").encode()]] * sample.shape[0], dtype=np.object_)
-        (name,) = UNET_OUTPUTS
-        return torch.from_numpy(np.array(self.call(stage, feed, UNET_OUTPUTS)[name]))
+            values += [text_embeds, time_ids]
+        names = self.deployment.signature(route.stage).input_names
+        feed = {name: _array(value) for name, value in zip(names, values, strict=True)}
+        if route.adapter is not None:
+            feed[LORA_ID_INPUT] = np.array([[route.adapter.encode()]] * sample.shape[0], dtype=np.object_)
+        (noise,) = self._call(route.stage, feed)
+        return noise
 
     def decode_latents(self, latents):
-        (input_name,), (output_name,) = VAE_DECODER_INPUTS, VAE_DECODER_OUTPUTS
-        outputs = self.call(VAE_DECODER_STAGE, {input_name: _array(latents)}, VAE_DECODER_OUTPUTS)
-        return torch.from_numpy(np.array(outputs[output_name]))
+        (name,) = self.deployment.signature(VAE_DECODER).input_names
+        (images,) = self._call(VAE_DECODER, {name: _array(latents)})
+        return images
 
-    def load_lora(self, lora: LoraWeights) -> str:
-        """The adapter id; the `unet_lora` stage reads its adapter from the concept store by that id."""
-        check_lora_servable(lora, self.lora_stage, self.merged_lora)
-        return lora.set_id
+    def acquire_lora(self, lora: LoraWeights | None) -> str | None:
+        """The request's LoRA set id, once its route is known (the stage model holds the adapter)."""
+        lora_id = None if lora is None else lora.set_id
+        self.routing.validate(lora_id)
+        return lora_id
 
-    def unload_lora(self, lora_id: str) -> None:
-        """Nothing to do here: adapters live in the `unet_lora` stage model, keyed by id."""
+    def release_lora(self, lora_id: str | None) -> None:
+        """Nothing is held here: the `unet_lora` stage model keeps the adapters."""

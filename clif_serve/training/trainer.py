@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from clif_serve.concepts.create import class_word_ids, new_pack
-from clif_serve.concepts.pack import ConceptPack, write_pack
+from clif_serve.concepts.pack import ConceptPack
+from clif_serve.concepts.store import ConceptStore
 from clif_serve.errors import InputError
 from clif_serve.models.loading import BaseModel, load_base_model
 from clif_serve.training.checkpoint import Checkpoint, SavedState
@@ -205,9 +206,11 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> TrainResult:
         result.records += run_stage(stage, settings, checkpoint, saved, trainables)
         result.seconds[stage_name] = round(time.perf_counter() - started, 3)
     lora = lora_weights(base, config.lora_rank, config.lora_alpha) if "lora" in config.stages else None
+    # Through ConceptStore: when `out` is a served concept store, running servers see the packs.
+    store = ConceptStore(out)
     for pack in tables.packs(lora):
         pack.validate_for(base.spec)
-        result.packs.append(write_pack(pack, out / f"{pack.name}.safetensors"))
+        result.packs.append(store.save(pack))
     summary = {
         "model": config.model, "stages": list(config.stages), "objective": config.objective,
         "steps": {s: config.steps[s] for s in config.stages}, "seconds": result.seconds,

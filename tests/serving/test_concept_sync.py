@@ -7,8 +7,18 @@ from dataclasses import replace
 import pytest
 
 from clif_serve.concepts.pack import pack_to_bytes, write_pack
+from clif_serve.concepts.store import ConceptStore
+from clif_serve.concepts.sync import StoreSync
+from clif_serve.contract.routing import LoraRouting
 from clif_serve.errors import InputError, PackError
-from clif_serve.serving.concept_sync import ConceptControl, StoreSync, read_version, resolve_store
+from clif_serve.serving.concept_control import ConceptControl, resolve_store
+
+# A deployment without unet_lora: packs carrying a LoRA have no route.
+NO_LORA_STAGE = LoraRouting(merged_lora=None, has_unet_lora=False, adapters=False)
+
+
+def read_version(folder):
+    return ConceptStore(folder).version()
 
 
 def _files(folder):
@@ -16,7 +26,7 @@ def _files(folder):
 
 
 def test_hot_load_is_seen_by_every_sync_and_by_a_restart(tiny_base, packs, tmp_path):
-    control = ConceptControl(tmp_path, tiny_base.spec, 1 << 20)
+    control = ConceptControl(tmp_path, tiny_base.spec, 1 << 20, NO_LORA_STAGE)
     replica = StoreSync(tmp_path, tiny_base.spec)
     assert replica.refresh() and replica.registry.names() == []
     result = control.handle("add", pack=pack_to_bytes(packs["joe"]))
@@ -37,7 +47,7 @@ def test_hot_load_is_seen_by_every_sync_and_by_a_restart(tiny_base, packs, tmp_p
 
 
 def test_replace_swaps_the_pack_for_the_next_refresh(tiny_base, packs, tmp_path):
-    control = ConceptControl(tmp_path, tiny_base.spec, 1 << 20)
+    control = ConceptControl(tmp_path, tiny_base.spec, 1 << 20, NO_LORA_STAGE)
     replica = StoreSync(tmp_path, tiny_base.spec)
     control.add(pack_to_bytes(packs["joe"]))
     replica.refresh()
@@ -51,7 +61,7 @@ def test_replace_swaps_the_pack_for_the_next_refresh(tiny_base, packs, tmp_path)
 
 
 def test_refused_changes_leave_the_store_untouched(tiny_base, tiny_xl_base, packs, tmp_path):
-    control = ConceptControl(tmp_path, tiny_base.spec, 1 << 20)
+    control = ConceptControl(tmp_path, tiny_base.spec, 1 << 20, NO_LORA_STAGE)
     control.add(pack_to_bytes(packs["joe"]))
     before, version = _files(tmp_path), read_version(tmp_path)
     lora_pack = pack_to_bytes(packs["ann_lora"])  # no unet_lora stage in this control
@@ -93,3 +103,41 @@ def test_store_location(tiny_base, tmp_path, monkeypatch):
     assert resolve_store("", tmp_path, tiny_base.spec).name == tiny_base.spec.fingerprint
     monkeypatch.setenv("CLIF_SERVE_CONCEPT_STORE", str(tmp_path / "env"))
     assert resolve_store("concepts", tmp_path, tiny_base.spec) == tmp_path / "env"
+
+
+def test_writes_through_concept_store_are_seen_by_running_readers(tiny_base, packs, tmp_path):
+    """Training into a store folder, or a script, writes through ConceptStore: the next refresh sees it."""
+    reader = StoreSync(tmp_path, tiny_base.spec)
+    reader.refresh()
+    writer = ConceptStore(tmp_path)
+    writer.save(packs["kim"])
+    assert reader.refresh() and reader.registry.names() == ["kim"]
+    writer.delete("kim")
+    assert reader.refresh() and reader.registry.names() == []
+
+
+def test_opening_a_store_removes_what_a_crashed_writer_left(tiny_base, packs, tmp_path):
+    ConceptStore(tmp_path).save(packs["joe"])
+    (tmp_path / ".joe.safetensors.abc123").write_bytes(b"half a pack")  # temp file of a killed write
+    (tmp_path / ".version.xyz").write_text("7")
+    store = ConceptStore(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", ".version", "joe.safetensors"]
+    assert store.version() == "1"
+
+
+def test_a_garbage_version_file_is_recovered(tiny_base, packs, tmp_path):
+    (tmp_path / ".version").write_text("\x00garbage")
+    control = ConceptControl(tmp_path, tiny_base.spec, 1 << 20, NO_LORA_STAGE)
+    control.add(pack_to_bytes(packs["joe"]))
+    assert read_version(tmp_path) == "1" and StoreSync(tmp_path, tiny_base.spec).refresh()
+
+
+def test_a_hot_load_validates_the_pack_once(tiny_base, packs, tmp_path, monkeypatch):
+    import clif_serve.concepts.pack as pack_module
+
+    data = pack_to_bytes(packs["max"])
+    runs = []
+    real = pack_module.validate_name
+    monkeypatch.setattr(pack_module, "validate_name", lambda name: runs.append(name) or real(name))
+    ConceptControl(tmp_path, tiny_base.spec, 1 << 20, NO_LORA_STAGE).add(data)
+    assert runs == ["max"], "parsing, the registry and the store share one validation"

@@ -9,9 +9,7 @@ from functools import cached_property
 import torch
 
 from clif_serve.errors import PackError
-
-LORA_A_SUFFIX = ".lora_A.weight"
-LORA_B_SUFFIX = ".lora_B.weight"
+from clif_serve.lora.naming import LORA_A_SUFFIX, LORA_B_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -84,3 +82,4 @@ def _content_id(tensors: dict[str, torch.Tensor], rank: int, alpha: float) -> st
         digest.update(key.encode())
         digest.update(tensors[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+

@@ -15,10 +15,11 @@ import numpy as np
 import onnxruntime as ort
 
 Feed = Mapping[str, np.ndarray]
-AdapterLoader = Callable[[str], "ort.LoraAdapter"]
+# LoRA set id -> the RunOptions that activate its adapter
+AdapterOptions = Callable[[str], ort.RunOptions]
 
 
-class OnnxStage:
+class StageRunner:
     """An onnxruntime session on a stage's `model.onnx`, run on batches of per-request feeds."""
 
     def __init__(
@@ -27,17 +28,18 @@ class OnnxStage:
         input_names: Sequence[str],
         output_names: Sequence[str],
         intra_op_threads: int = 0,
-        adapter_loader: AdapterLoader | None = None,
+        adapter_options: AdapterOptions | None = None,
     ):
         options = ort.SessionOptions()
         if intra_op_threads > 0:
             options.intra_op_num_threads = intra_op_threads
         # Idle worker threads must not spin: the pipeline's process needs the cores between UNet calls.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # zero-initialised LoRA inputs otherwise warn per input
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_names = tuple(input_names)
         self.output_names = tuple(output_names)
-        self.adapter_loader = adapter_loader
+        self.adapter_options = adapter_options
 
     def _group_key(self, feed: Feed, adapter: str | None) -> tuple:
         return (
@@ -48,11 +50,9 @@ class OnnxStage:
     def _run_options(self, adapter: str | None) -> ort.RunOptions | None:
         if adapter is None:
             return None
-        if self.adapter_loader is None:
+        if self.adapter_options is None:
             raise ValueError("this stage has no LoRA adapters")
-        options = ort.RunOptions()
-        options.add_active_adapter(self.adapter_loader(adapter))
-        return options
+        return self.adapter_options(adapter)
 
     def run(
         self, feeds: Sequence[Feed], adapters: Sequence[str | None] | None = None

@@ -1,6 +1,6 @@
 """The served flow end to end on the embedded `tiny` model, with a latency summary.
 
-    python -m clif_serve.serving.demo [--workdir DIR] [--steps 20] [--requests 10] [--json FILE]
+    python -m clif_serve.demo [--workdir DIR] [--steps 20] [--requests 10] [--json FILE]
 
 build tiny -> export -> model repository -> tritonserver -> hot-load two concepts -> one
 multi-concept gRPC request -> hot-load a third concept and use it -> latency of served requests
@@ -22,15 +22,16 @@ from pathlib import Path
 from clif_serve.bench.server_stats import difference, snapshot
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.concepts.create import new_pack
-from clif_serve.export.layout import UNET_STAGE, VAE_DECODER_STAGE
+from clif_serve.contract.stages import UNET, VAE_DECODER
+from clif_serve.local import local_server
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.factory import ort_pipeline
 from clif_serve.runtime.images import save_pngs
 from clif_serve.runtime.ort_executor import OrtSettings
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.client import ClifClient
-from clif_serve.serving.local import local_service
 from clif_serve.serving.options import RepoOptions
+from clif_serve.serving.parameters import ModelParameters
 from clif_serve.serving.protocol import PIPELINE_MODEL
 
 
@@ -62,7 +63,7 @@ def breakdown(client: ClifClient, stages: list[str]) -> dict[str, dict[str, floa
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m clif_serve.serving.demo", description=__doc__.split("\n\n")[0]
+        prog="python -m clif_serve.demo", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--workdir", default=None, help="where export, repository, store and images go (default: temp)"
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     joe, rex, ann = (
         new_pack(base, name, word) for name, word in (("joe", "person"), ("rex", "dog"), ("ann", "cat"))
     )
-    options = RepoOptions(intra_op_threads=args.threads)
-    with local_service("tiny", work, options) as service, ClifClient(service.url) as client:
+    options = RepoOptions(models=ModelParameters(intra_op_threads=args.threads))
+    with local_server("tiny", work, options) as service, ClifClient(service.url) as client:
         folder = service.export
         figures["export_s"], figures["server_ready_s"] = service.export_s, service.ready_s
         ort = ort_pipeline(folder.root, (joe, rex, ann), OrtSettings(intra_op_threads=args.threads))
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
             "in_process_onnxruntime": lambda: ort.generate(request),
         }
         figures.update(timings(runs, args.requests))
-        stages = [*folder.spec.text_encoder_names, UNET_STAGE, VAE_DECODER_STAGE]
+        stages = [*folder.spec.text_encoder_names, UNET, VAE_DECODER]
         figures["served_breakdown_ms"] = breakdown(client, stages)
 
     print(f"\nlatency of one {args.steps}-step 64x64 request (ms), {args.requests} requests after a warm-up:")

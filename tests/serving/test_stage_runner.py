@@ -1,19 +1,17 @@
-"""OnnxStage: one onnxruntime run per dynamic batch, split back per request (real sessions)."""
+"""StageRunner: one onnxruntime run per dynamic batch, split back per request (real sessions)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from clif_serve.export.layout import (
-    TEXT_ENCODER_INPUTS,
-    TEXT_ENCODER_OUTPUTS,
-    UNET_INPUTS,
-    UNET_LORA_STAGE,
-    UNET_OUTPUTS,
-    UNET_STAGE,
-)
-from clif_serve.serving.stage import OnnxStage
+from clif_serve.contract.stages import UNET, UNET_LORA, stage_signature
+from clif_serve.serving.stage_runner import StageRunner
+
+
+def _runner(export, stage: str, **kwargs) -> StageRunner:
+    signature = stage_signature(export.spec, stage)
+    return StageRunner(export.onnx_path(stage), signature.input_names, signature.output_names, **kwargs)
 
 
 def _text_feed(rng, spec, rows, batch=2):
@@ -27,21 +25,21 @@ def _text_feed(rng, spec, rows, batch=2):
 
 
 def test_mixed_concept_requests_share_one_run_and_match_separate_runs(tiny_export):
-    stage = OnnxStage(tiny_export.onnx_path("text_encoder"), TEXT_ENCODER_INPUTS, TEXT_ENCODER_OUTPUTS)
+    stage = _runner(tiny_export, "text_encoder")
     rng = np.random.default_rng(0)
     feeds = [_text_feed(rng, tiny_export.spec, rows=8) for _ in range(3)]  # three requests, different tables
     batched = stage.run(feeds)
     for feed, result in zip(feeds, batched, strict=True):
         alone = stage.run([feed])[0]
         assert result["hidden_states"].shape == (2, 77, 32)
-        for name in TEXT_ENCODER_OUTPUTS:
+        for name in stage.output_names:
             np.testing.assert_allclose(result[name], alone[name], atol=1e-5)
     # A different concept table changes that request's output only.
     assert not np.allclose(batched[0]["hidden_states"], batched[1]["hidden_states"])
 
 
 def test_requests_of_other_shapes_or_adapters_run_apart(tiny_export):
-    stage = OnnxStage(tiny_export.onnx_path(UNET_STAGE), UNET_INPUTS, UNET_OUTPUTS)
+    stage = _runner(tiny_export, UNET)
     rng = np.random.default_rng(1)
 
     def feed(size):
@@ -63,16 +61,16 @@ def test_requests_of_other_shapes_or_adapters_run_apart(tiny_export):
 
 def test_lora_adapter_requests_get_their_adapter(tiny_export, tiny_base, packs, tmp_path):
     from clif_serve.concepts.pack import pack_to_bytes
-    from clif_serve.serving.concept_sync import ConceptControl, StoreSync
+    from clif_serve.concepts.sync import StoreSync
+    from clif_serve.serving.concept_control import ConceptControl
     from clif_serve.serving.lora_adapters import AdapterCache
 
     pack = packs["ann_lora"]
-    ConceptControl(tmp_path, tiny_base.spec, 1 << 24, lora_stage=UNET_LORA_STAGE).add(pack_to_bytes(pack))
-    cache = AdapterCache(StoreSync(tmp_path, tiny_base.spec, lora_stage=UNET_LORA_STAGE))
-    stage = OnnxStage(
-        tiny_export.onnx_path(UNET_LORA_STAGE), UNET_INPUTS, UNET_OUTPUTS, adapter_loader=cache.get
-    )
-    plain = OnnxStage(tiny_export.onnx_path(UNET_STAGE), UNET_INPUTS, UNET_OUTPUTS)
+    routing = tiny_export.deployment.routing(adapters=True)
+    ConceptControl(tmp_path, tiny_base.spec, 1 << 24, routing).add(pack_to_bytes(pack))
+    cache = AdapterCache(StoreSync(tmp_path, tiny_base.spec))
+    stage = _runner(tiny_export, UNET_LORA, adapter_options=cache.run_options)
+    plain = _runner(tiny_export, UNET)
     rng = np.random.default_rng(2)
     feed = {
         "sample": rng.standard_normal((2, 4, 32, 32), np.float32),
@@ -88,7 +86,7 @@ def test_lora_adapter_requests_get_their_adapter(tiny_export, tiny_base, packs, 
 @pytest.mark.parametrize("rows", [8, 32])
 def test_concept_table_rows_do_not_change_results(tiny_export, rows):
     """Zero padding rows are never indexed: the fixed-K padding the executor does is exact."""
-    stage = OnnxStage(tiny_export.onnx_path("text_encoder"), TEXT_ENCODER_INPUTS, TEXT_ENCODER_OUTPUTS)
+    stage = _runner(tiny_export, "text_encoder")
     rng = np.random.default_rng(3)
     feed = _text_feed(rng, tiny_export.spec, rows=1)
     padded = dict(

@@ -14,16 +14,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from clif_serve.concepts.lora import LoraWeights
-from clif_serve.export.lora_math import lora_delta
-
-
-def weight_with_lora(base: np.ndarray, module: str, transposed: bool, lora: LoraWeights | None) -> np.ndarray:
-    """The initializer value of `module`'s weight under `lora` (the base value if it does not touch it)."""
-    if lora is None or module not in lora.modules:
-        return base
-    delta = lora_delta(lora, module).numpy()
-    return (base + (delta.T if transposed else delta)).astype(base.dtype)
+from clif_serve.lora.math import weight_with_lora
+from clif_serve.lora.weights import LoraWeights
 
 
 def refit_plan(
