@@ -38,7 +38,13 @@ def run(args: argparse.Namespace) -> int:
     pipeline = torch_pipeline(args.model, [read_pack(path) for path in args.concept])
     request = request_from_args(args)
     with tqdm(total=args.steps, desc="denoising", unit="step") as bar:
-        images = pipeline.generate(request, on_step=lambda done, total: bar.update(1))
+
+        def on_step(done: int, total: int) -> None:
+            # The scheduler's count of UNet calls (PNDM runs steps + 1), not the requested steps.
+            bar.total = total
+            bar.update(done - bar.n)
+
+        images = pipeline.generate(request, on_step=on_step)
     for path in save_pngs(to_uint8(images), args.output):
         print(path)
     return 0
