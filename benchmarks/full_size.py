@@ -25,6 +25,9 @@ machine is shared: other processes, load average, free memory). JSON and markdow
 
     flock /tmp/clif-heavy.lock nice -n 5 python benchmarks/full_size.py --bpe-vocab bpe_simple_vocab_16e6.txt.gz
 
+On a GPU machine (onnxruntime-gpu installed), the per-call UNet timing of an exported UNet runs as
+`python benchmarks/full_size.py unet-latency --device cuda --model DIR --export EXPORT --size 1024 --json out.json`.
+
 Needs about 14 GiB of memory for SD1.5 and 22 GiB for SDXL, 2 CPU cores, 4 GB (SD1.5) + 7 GB
 (SDXL folder, fp16) + 7 GB (SD1.5 export) + 21 GB (SDXL export) of disk, and hours on 2 cores
 (`--models sd15` runs one).
@@ -328,18 +331,23 @@ def unet_latency(args) -> None:
 
         unet_dir = Path(args.model) / "unet"
         unet = UNet2DConditionModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=torch.float32,
-                                                    variant=weight_variant(unet_dir)).eval()
-        added = {"text_embeds": feed["text_embeds"], "time_ids": feed["time_ids"]} if spec.kind == "sdxl" else None
+                                                    variant=weight_variant(unet_dir)).eval().to(args.device)
+        inputs = {name: tensor.to(args.device) for name, tensor in feed.items()}
+        added = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]} if spec.kind == "sdxl" else None
 
         def torch_call():
             with torch.inference_mode():
-                unet(feed["sample"], feed["timestep"], encoder_hidden_states=feed["encoder_hidden_states"],
+                unet(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["encoder_hidden_states"],
                      added_cond_kwargs=added, return_dict=False)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
 
         calls["torch_ms"] = torch_call
     if args.side in ("both", "ort"):
-        session = ort.InferenceSession(str(export.onnx_path("unet")), quiet_session_options(),
-                                       providers=["CPUExecutionProvider"])
+        provider = "CUDAExecutionProvider" if args.device == "cuda" else "CPUExecutionProvider"
+        session = ort.InferenceSession(str(export.onnx_path("unet")), quiet_session_options(), providers=[provider])
+        if session.get_providers()[0] != provider:
+            raise SystemExit(f"onnxruntime has no {provider} here (install onnxruntime-gpu on a CUDA machine)")
         arrays = {name: tensor.numpy() for name, tensor in feed.items()}
         calls["ort_ms"] = lambda: session.run(None, arrays)
     samples = {name: [] for name in calls}
@@ -352,6 +360,7 @@ def unet_latency(args) -> None:
             samples[name].append((time.perf_counter() - started) * 1000)
     result = {name: round(statistics.median(values), 1) for name, values in samples.items()}
     result["threads"] = {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    result["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     Path(args.json).write_text(json.dumps(result))
     print(result)
 
@@ -405,6 +414,8 @@ def main(argv=None) -> None:
     latency.add_argument("--calls", type=int, default=3)
     latency.add_argument("--side", choices=("both", "torch", "ort"), default="both")
     latency.add_argument("--json", required=True)
+    latency.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                         help="cuda: PyTorch on the GPU and onnxruntime's CUDAExecutionProvider (onnxruntime-gpu)")
     parser.add_argument("--bpe-vocab", type=Path, help="CLIP's bpe_simple_vocab_16e6.txt.gz")
     parser.add_argument("--models", default="sd15,sdxl")
     parser.add_argument("--work", type=Path, default=cache_dir() / "benchmarks" / "full_size",
