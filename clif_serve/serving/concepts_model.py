@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 
-from clif_serve.serving.backend_utils import error_response, inputs_of, model_context, response
+from clif_serve.serving.backend_utils import error_response, inputs_of, response
 from clif_serve.serving.concept_control import ConceptControl, resolve_store
+from clif_serve.serving.context import model_context
 from clif_serve.serving.protocol import CONCEPTS_INPUTS, RESULT_OUTPUT, decode_fields
 
 
