@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from clif_serve.contract.folder import MANIFEST, ExportFolder, open_export
 from clif_serve.contract.stages import VAE_DECODER, tokenizer_dir_name
 from clif_serve.errors import InputError, ModelFolderError
+from clif_serve.paths import staging_dir
 from clif_serve.serving.configs import model_config, write_config
 from clif_serve.serving.options import RepoOptions
 from clif_serve.serving.protocol import (
@@ -151,8 +151,7 @@ def build_repository(
     if target.exists() and not overwrite:
         raise InputError("out", f"{target} already exists (pass --force to replace it)")
     template = template_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_dir(target)
     try:
         builder = _Builder(folder, options, staging, template)
         for stage in builder.stages():
