@@ -4,12 +4,10 @@ mixed concepts, and hot-load under load — all in one run, so ratios compare li
 from __future__ import annotations
 
 import math
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -92,15 +90,14 @@ def in_process(config: BenchConfig, base, packs, progress: Progress) -> dict:
     ort = ConceptPipeline(executor, config.export.tokenizers(), ConceptRegistry(config.export.spec, packs))
     request = config.request()
     progress.phase("in-process ORT / diffusers", 2 * config.requests)
-    with tempfile.TemporaryDirectory() as folder:
-        reference = diffusers_pipeline(base, packs, Path(folder))
-        diffusers_ms = _timed_requests(
-            lambda: reference(
-                request.prompt, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-                generator=torch.Generator().manual_seed(request.seed), output_type="np",
-            ),
-            config.warmup, config.requests, progress,
-        )
+    reference = diffusers_pipeline(base, packs)
+    diffusers_ms = _timed_requests(
+        lambda: reference(
+            request.prompt, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+            generator=torch.Generator().manual_seed(request.seed), output_type="np",
+        ),
+        config.warmup, config.requests, progress,
+    )
     for _ in range(config.warmup):
         ort.generate(request)
     executor.reset()
