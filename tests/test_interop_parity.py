@@ -199,19 +199,13 @@ def _kohya_names(unet, kind: str) -> dict[str, str]:
     if kind == "sd15":
         return {name: name for name, _ in unet.named_modules()}
     renamed = {"mid_block.attentions.0": "middle_block.1"}
-    index = 1
-    for block_index, block in enumerate(unet.down_blocks):
-        for layer in range(len(block.resnets)):
-            if getattr(block, "attentions", None):
-                renamed[f"down_blocks.{block_index}.attentions.{layer}"] = f"input_blocks.{index}.1"
-            index += 1
-        index += 1 if block.downsamplers else 0
-    index = 0
-    for block_index, block in enumerate(unet.up_blocks):
-        for layer in range(len(block.resnets)):
-            if getattr(block, "attentions", None):
-                renamed[f"up_blocks.{block_index}.attentions.{layer}"] = f"output_blocks.{index}.1"
-            index += 1
+    for side, sgm, index in (("down_blocks", "input_blocks", 1), ("up_blocks", "output_blocks", 0)):
+        for block_index, block in enumerate(getattr(unet, side)):
+            for layer in range(len(block.resnets)):  # one sgm block per resnet (+ its attention)
+                if getattr(block, "attentions", None):
+                    renamed[f"{side}.{block_index}.attentions.{layer}"] = f"{sgm}.{index}.1"
+                index += 1
+            index += 1 if side == "down_blocks" and block.downsamplers else 0  # a downsampler is a block of its own
     return renamed
 
 
