@@ -45,7 +45,7 @@ def _pickle_refusal(name: str, exc: Exception) -> str:
     unsafe = _UNSAFE_GLOBAL.search(str(exc))
     if unsafe:
         return (
-            f"{name} is a pickle that asks to run {unsafe.group(1)}, not only to hold tensors; refused "
+            f"{name} is a pickle that asks to load {unsafe.group(1)}, more than plain tensor data; refused "
             "(clif-serve reads pickles as plain tensor data only; ask for a .safetensors file)"
         )
     return f"{name} is neither a safetensors file nor a pickle of plain tensors ({type(exc).__name__})"

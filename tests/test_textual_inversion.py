@@ -99,5 +99,5 @@ def test_pickle_with_code_is_refused_in_one_line_without_running_it(tmp_path, ti
         import_textual_inversion(tmp_path / "evil.pt", tiny_base.spec)
     message = str(refused.value)
     assert "\n" not in message and "weights_only" not in message and "system" in message
-    assert message.startswith("embedding: evil.pt is a pickle that asks to run")
+    assert message.startswith("embedding: evil.pt is a pickle that asks to load")
     assert not marker.exists()

@@ -48,10 +48,6 @@ class EmbeddingFile:
     tables: dict[str, torch.Tensor]  # "" for a single table, else the text encoder name
     token: str | None
 
-    def describe(self) -> str:
-        rows = next(iter(self.tables.values())).shape[0]
-        return f"{self.path.name}: {self.layout} layout, {rows} token(s){f', token {self.token}' if self.token else ''}"
-
 
 def embedding_files(path: str | Path) -> list[Path]:
     """A file as given, or the files of a folder written by diffusers' textual-inversion scripts."""

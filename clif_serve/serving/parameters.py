@@ -75,10 +75,10 @@ def request_parameters(deployment: Deployment) -> dict[str, str]:
     from clif_serve.serving.protocol import PIPELINE_INPUTS
 
     filled = GenerationRequest(prompt="-").validated(deployment.spec)  # the defaults, sizes resolved
+    defaults = {field.name: getattr(filled, field.name) for field in PIPELINE_INPUTS if field.optional}
+    # One-value defaults only: an absent negative prompt (None) or an empty list has no value to publish.
     published = {
-        DEFAULT_PREFIX + field.name: _text(getattr(filled, field.name))
-        for field in PIPELINE_INPUTS
-        if field.optional and getattr(filled, field.name) is not None
+        DEFAULT_PREFIX + name: _text(value) for name, value in defaults.items() if isinstance(value, (int, float, str))
     }
     published.update({LIMIT_PREFIX + key: _text(value) for key, value in asdict(deployment.limits).items()})
     return published
