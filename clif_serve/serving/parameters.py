@@ -54,7 +54,7 @@ class ModelParameters:
     @classmethod
     def from_config(cls, parameters: dict) -> ModelParameters:
         """From a model config's `parameters` (JSON form: `{key: {"string_value": ...}}`); unknown keys are
-        errors, absent keys keep their defaults."""
+        errors, absent keys keep their defaults, published request facts (`default.*`, `limit.*`) are skipped."""
         hints = get_type_hints(cls)
         known = {field.name for field in fields(cls)}
         parameters = {key: value for key, value in parameters.items() if not key.startswith(PUBLISHED_PREFIXES)}
