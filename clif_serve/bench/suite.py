@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import math
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -100,33 +98,32 @@ def end_to_end_rounds(config: BenchConfig, client: ClifClient, base, packs, prog
     ort = ConceptPipeline(executor, config.export.tokenizers(), ConceptRegistry(config.export.spec, packs))
     request = config.request()
     models = [PIPELINE_MODEL, *config.export.spec.text_encoder_names, UNET, VAE_DECODER]
-    with tempfile.TemporaryDirectory() as folder:
-        reference = diffusers_pipeline(base, packs, Path(folder))
-        runs = {
-            "diffusers": lambda: reference(
-                request.prompt, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-                generator=torch.Generator().manual_seed(request.seed), output_type="np",
-            ),
-            "ort": lambda: ort.generate(request),
-            "served": lambda: client.generate(request),
-        }
-        for run in runs.values():
-            for _ in range(config.warmup):
-                run()
-        executor.reset()
-        progress.phase("end to end: diffusers / ORT / served", len(runs) * config.requests * config.repetitions)
-        before = snapshot(client, models)
-        rounds, pooled = [], {name: [] for name in runs}
-        for _ in range(config.repetitions):
-            samples = {name: [] for name in runs}
-            for _ in range(config.requests):
-                for name, run in runs.items():
-                    samples[name].append(_timed(run))
-                    progress.tick()
-            rounds.append({name: LatencySummary.of(values).to_dict() for name, values in samples.items()})
-            for name, values in samples.items():
-                pooled[name] += values
-        served_models = difference(before, snapshot(client, models))
+    reference = diffusers_pipeline(base, packs)
+    runs = {
+        "diffusers": lambda: reference(
+            request.prompt, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+            generator=torch.Generator().manual_seed(request.seed), output_type="np",
+        ),
+        "ort": lambda: ort.generate(request),
+        "served": lambda: client.generate(request),
+    }
+    for run in runs.values():
+        for _ in range(config.warmup):
+            run()
+    executor.reset()
+    progress.phase("end to end: diffusers / ORT / served", len(runs) * config.requests * config.repetitions)
+    before = snapshot(client, models)
+    rounds, pooled = [], {name: [] for name in runs}
+    for _ in range(config.repetitions):
+        samples = {name: [] for name in runs}
+        for _ in range(config.requests):
+            for name, run in runs.items():
+                samples[name].append(_timed(run))
+                progress.tick()
+        rounds.append({name: LatencySummary.of(values).to_dict() for name, values in samples.items()})
+        for name, values in samples.items():
+            pooled[name] += values
+    served_models = difference(before, snapshot(client, models))
     timed = config.requests * config.repetitions
     return {
         "rounds": rounds,

@@ -13,7 +13,8 @@ of nvidia-pytriton can run); `onnxruntime` and `tensorrt` write native configs f
 tritonserver container. `clif_pipeline` and `clif_concepts` are Python-backend models always.
 Which stages are written follows the deployment's LoRA routing on the backend (`unet_lora` only
 where a request can reach it). Every Python-backend model gets the export manifest (the
-`Deployment`) and one typed `ModelParameters`. The repository is written to a temporary folder
+`Deployment`) and one typed `ModelParameters`; `clif_pipeline`'s config also publishes the request
+defaults and limits (`request_parameters`). The repository is written to a temporary folder
 next to `out` and renamed into place.
 """
 
@@ -30,6 +31,7 @@ from clif_serve.errors import InputError, ModelFolderError
 from clif_serve.paths import staging_dir
 from clif_serve.serving.configs import model_config, write_config
 from clif_serve.serving.options import RepoOptions
+from clif_serve.serving.parameters import request_parameters
 from clif_serve.serving.protocol import (
     CONCEPTS_INPUTS,
     CONCEPTS_MODEL,
@@ -116,14 +118,14 @@ class _Builder:
             _place(self.template / STAGE_TEMPLATE / MODEL_PY, target / MODEL_PY)
             _place(self.folder.root / MANIFEST, target / MANIFEST)
 
-    def python_model(self, name: str, inputs, outputs, instances: int | None = None) -> None:
+    def python_model(self, name: str, inputs, outputs, instances: int | None = None, published=None) -> None:
         config = model_config(
             self.template / name / "config.pbtxt",
             name,
             inputs,
             outputs,
             instances=instances,
-            parameters=self.parameters,
+            parameters={**self.parameters, **(published or {})},
         )
         write_config(config, self.root / name / "config.pbtxt")
         target = self.version_dir(name)
@@ -131,7 +133,13 @@ class _Builder:
         _place(self.folder.root / MANIFEST, target / MANIFEST)
 
     def pipeline(self) -> None:
-        self.python_model(PIPELINE_MODEL, PIPELINE_INPUTS, PIPELINE_OUTPUTS, self.options.pipeline_instances)
+        self.python_model(
+            PIPELINE_MODEL,
+            PIPELINE_INPUTS,
+            PIPELINE_OUTPUTS,
+            self.options.pipeline_instances,
+            published=request_parameters(self.deployment),
+        )
         for encoder in self.deployment.spec.text_encoder_names:
             name = tokenizer_dir_name(encoder)
             shutil.copytree(self.folder.root / name, self.version_dir(PIPELINE_MODEL) / name)
