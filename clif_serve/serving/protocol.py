@@ -27,6 +27,10 @@ ACTION_REMOVE = "remove"
 ACTION_LIST = "list"
 ACTIONS = (ACTION_ADD, ACTION_REMOVE, ACTION_LIST)
 
+# Text fields are refused above this size before any work (a prompt holds 75 tokens: a few hundred bytes).
+MAX_TEXT_BYTES = 8 * 1024
+MAX_NAME_BYTES = 256
+
 
 @dataclass(frozen=True)
 class Field:
@@ -43,11 +47,13 @@ class Field:
     reshape: tuple[int, ...] | None = None
     # BYTES inputs are UTF-8 text unless binary (a pack file).
     binary: bool = False
+    # Largest accepted value of a BYTES input, checked before it is decoded (None: no limit here).
+    max_bytes: int | None = None
 
 
 PIPELINE_INPUTS = (
-    Field("prompt", "BYTES", optional=False),
-    Field("negative_prompt", "BYTES"),
+    Field("prompt", "BYTES", optional=False, max_bytes=MAX_TEXT_BYTES),
+    Field("negative_prompt", "BYTES", max_bytes=MAX_TEXT_BYTES),
     Field("steps", "INT32"),
     Field("guidance_scale", "FP32"),
     Field("seed", "INT64"),
@@ -58,9 +64,9 @@ PIPELINE_INPUTS = (
 PIPELINE_OUTPUTS = (Field(IMAGES_OUTPUT, "UINT8", optional=False, dims=(-1, -1, -1, 3)),)
 
 CONCEPTS_INPUTS = (
-    Field("action", "BYTES", optional=False),
+    Field("action", "BYTES", optional=False, max_bytes=MAX_NAME_BYTES),
     Field("pack", "BYTES", binary=True),
-    Field("name", "BYTES"),
+    Field("name", "BYTES", max_bytes=MAX_NAME_BYTES),
     Field("replace", "BOOL"),
 )
 CONCEPTS_OUTPUTS = (Field(RESULT_OUTPUT, "BYTES", optional=False),)
@@ -80,8 +86,16 @@ def decode_fields(inputs: Mapping[str, np.ndarray], fields: Sequence[Field]) -> 
             raise InputError(field.name, f"must hold exactly one value, got shape {list(np.shape(array))}")
         value = flat[0]
         if field.triton_type != "BYTES":
+            if not isinstance(value, np.generic) or value.dtype.kind not in "biuf":
+                raise InputError(field.name, f"must be a {field.triton_type} value, got {type(value).__name__}")
             values[field.name] = value.item()
-        elif field.binary:
+            continue
+        if not isinstance(value, (bytes, str)):
+            raise InputError(field.name, f"must be bytes, got {type(value).__name__}")
+        size = len(value) if isinstance(value, bytes) else len(value.encode("utf-8", "surrogatepass"))
+        if field.max_bytes is not None and size > field.max_bytes:
+            raise InputError(field.name, f"is {size} bytes long, over the limit of {field.max_bytes}")
+        if field.binary:
             values[field.name] = bytes(value)
         else:
             try:
