@@ -233,6 +233,7 @@ class TritonServer:
             if self.regions is not None:
                 self.regions.close()  # the server holds the owner lock now, for as long as it lives
             self.wait_ready(timeout_s)
+            remove_stale_regions()  # those of servers whose processes were still exiting a moment ago
         except BaseException:
             self.stop()
             raise
