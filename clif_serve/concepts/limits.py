@@ -7,8 +7,8 @@ tensor is read) or a reply that grows with the store (`concepts list`).
 from __future__ import annotations
 
 DEFAULT_MAX_PACK_BYTES = 256 * 1024 * 1024
-# The safetensors header (JSON): a full-size SDXL LoRA pack's header is about 200 KB.
-MAX_HEADER_BYTES = 4 * 1024 * 1024
+# The safetensors header (JSON): a full-size SDXL LoRA pack's header is about 200 KB (1,120 LoRA tensors).
+MAX_HEADER_BYTES = 1024 * 1024
 # Manifest (safetensors metadata): entries, key length, and bytes per value.
 MAX_MANIFEST_ENTRIES = 32
 MAX_MANIFEST_KEY_CHARS = 64

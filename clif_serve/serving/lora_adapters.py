@@ -9,14 +9,18 @@ cache keeps the `adapter_capacity` most recently used adapters.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import onnxruntime as ort
 
 from clif_serve.concepts.store import ConceptStore
 from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.onnx import ActiveAdapter, load_adapter
 from clif_serve.models.spec import ModelSpec
-from clif_serve.serving.backend_utils import ModelContext
 from clif_serve.serving.concept_control import resolve_store
+
+if TYPE_CHECKING:  # backend_utils imports triton_python_backend_utils, which exists inside the stub only
+    from clif_serve.serving.backend_utils import ModelContext
 
 
 class AdapterCache:
