@@ -493,7 +493,7 @@ def test_bad_stage_requests_fail_alone(served, packs, tiny_export):
 def test_in_flight_lora_requests_survive_removal_and_replacement(served, packs, tiny_base, tiny_export):
     """Each cycle hot-loads a pack with a fresh LoRA set, starts LoRA requests, and removes or replaces the
     pack while they run: no request fails (except by naming an absent concept before it started), and
-    every image is exactly the image of one set (the one its request started with), never a mix."""
+    every image is the image of one set (the one its request started with), never a mix."""
     base = packs["ann_lora"]
     loras = [random_lora(tiny_base, seed=40 + i) for i in range(4)]
     versions = [replace(base, lora=lora) for lora in loras]
@@ -526,7 +526,8 @@ def test_in_flight_lora_requests_survive_removal_and_replacement(served, packs, 
     print(f"\n{len(results)} LoRA requests finished across removals/replacements; {len(failures)} failed")
     assert failures == [] and results
     for image in results:
-        matches = [set_id for set_id, reference in expected.items() if _max_diff(image, reference) == 0]
+        # Batched numerics may differ by one level from a lone in-process run; other sets differ by far more.
+        matches = [set_id for set_id, reference in expected.items() if _max_diff(image, reference) <= 1]
         assert len(matches) == 1, "an in-flight request's LoRA changed under it"
 
 
