@@ -48,6 +48,9 @@ class ConceptPipeline:
         if request.uses_guidance and not self._zero_negative(request):
             texts.append(request.negative_prompt or "")
             fields.append("negative_prompt")
+        elif request.negative_prompt is not None:
+            # Unused without guidance, but a bad negative prompt is refused all the same.
+            self.prompt_encoder.encode([request.negative_prompt], concepts, ["negative_prompt"])
         return self.prompt_encoder.split(texts, concepts, fields)
 
     def _zero_negative(self, request: GenerationRequest) -> bool:

@@ -1,7 +1,8 @@
 """What `clif_pipeline` does with a request: decode fields, sync concepts, run ConceptPipeline.
 
 The pipeline is the in-process `ConceptPipeline` over a `TritonExecutor`, so served and
-in-process generation share the prompt expansion, the validation and THE sampling loop.
+in-process generation share the prompt expansion, the validation and THE sampling loop. A
+request keeps the registry snapshot it started with, and pins its LoRA set in the store.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from clif_serve.concepts.sync import StoreSync
 from clif_serve.runtime.images import to_uint8
 from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.request import GenerationRequest
-from clif_serve.serving.backend_utils import ModelContext
 from clif_serve.serving.concept_control import resolve_store
+from clif_serve.serving.context import ModelContext
 from clif_serve.serving.protocol import PIPELINE_INPUTS, decode_fields
 from clif_serve.serving.triton_executor import StageCall, TritonExecutor
 
@@ -36,8 +37,9 @@ class ServedPipeline:
         folder = context.folder()
         deployment = folder.deployment
         store = resolve_store(context.parameters.concept_store, context.repo_root, deployment.spec)
-        self.store = StoreSync(store, deployment.spec)
-        executor = TritonExecutor(deployment, call, deployment.routing(context.parameters.lora_adapters))
+        self.store = StoreSync(store, deployment.spec, max_pack_bytes=context.parameters.max_pack_bytes)
+        routing = deployment.routing(context.parameters.lora_adapters)
+        executor = TritonExecutor(deployment, call, routing, pin=self.store.store.pin_lora)
         self.pipeline = ConceptPipeline(executor, folder.tokenizers(), self.store.registry, deployment.limits)
 
     def handle(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
