@@ -14,9 +14,16 @@ vocabulary (`full_size_folders.py`; nothing is downloaded):
   served     the in-process request sent to the server: the image must equal the in-process one
   refused    the 264x256 request sent to the server: refused naming `height`
   latency    one UNet call at batch 2 at the recipe's smallest size (SD1.5 256 px, SDXL 512 px): onnxruntime
-             against PyTorch eager
+             against PyTorch eager (PyTorch alone when the model has no export in the work folder)
   train      SD1.5 only: one CLIF, one TI and one LoRA step at 256 px with --gradient-checkpointing and
-             --mixed-precision bf16 (a view of the folder whose UNet `sample_size` is 32, weights hard-linked)
+             --mixed-precision bf16 (a view of the folder whose UNet `sample_size` is 32, weights hard-linked);
+             the CLIF step's image encoder is a CLIP ViT-L/14 folder from its public config (random weights,
+             `full_size_folders.clip_folder`): its text side is 768 wide like SD1.5's text encoder. SDXL
+             would need a CLIP ViT-bigG/14 tower (projection 1280) for its second encoder as well.
+
+`--steps` runs some step groups (concepts, generate, export, serve [repo, serve, hot-load, served,
+refused], latency, train) and keeps the other steps' results; a group that needs an earlier one's
+output (packs, export, in-process image) finds it in `--work` or fails naming the group to run.
 
 Every step is its own `clif-serve` (or Python) process; each records wall time and the peak RSS of
 its whole process tree (`full_size_measure.py`), and the load on the machine when it started (the
@@ -30,7 +37,7 @@ On a GPU machine (onnxruntime-gpu installed), the per-call UNet timing of an exp
 
 Needs about 14 GiB of memory for SD1.5 and 22 GiB for SDXL, 2 CPU cores, 4 GB (SD1.5) + 7 GB
 (SDXL folder, fp16) + 7 GB (SD1.5 export) + 21 GB (SDXL export) of disk, and hours on 2 cores
-(`--models sd15` runs one).
+(`--models sd15` runs one; `--models sd15 --steps train` only the training step).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ import psutil
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from full_size_folders import full_size_folder  # noqa: E402
+from full_size_folders import clip_folder, full_size_folder  # noqa: E402
 from full_size_measure import GIB, TreeSampler, run_measured, tree_rss  # noqa: E402
 
 from clif_serve.bench.environment import describe_environment  # noqa: E402
@@ -60,6 +67,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a photo of <joe> and <rex>"
 RECIPES = {"sd15": ROOT / "export" / "sd15-512.toml", "sdxl": ROOT / "export" / "sdxl-1024.toml"}
 BAD_SIZE = ("264", "256")
+CONCEPTS = (("joe", "person"), ("rex", "dog"))
+STEP_GROUPS = ("concepts", "generate", "export", "serve", "latency", "train")
 # SDXL: serve `unet` only. With adapters the repository also serves `unet_lora`, a second 10 GB
 # onnxruntime UNet session that does not fit beside the first in 24 GiB (the packs carry no LoRA).
 REPO_OPTIONS = {"sd15": (), "sdxl": ("--no-lora-adapters",)}
@@ -244,60 +253,108 @@ def export_figures(export: Path) -> dict:
     }
 
 
+def require(path: Path, group: str) -> Path:
+    """`path`, made by an earlier run's `group` step; a clear error when that step never ran."""
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run the {group!r} step first (--steps {group},...)")
+    return path
+
+
 def run_model(kind: str, args, report: dict, save) -> None:
+    """The chosen step groups of one model; groups left out reuse what an earlier run left in the work folder."""
     work = args.work / kind
     work.mkdir(parents=True, exist_ok=True)
     run = Run(kind, work, report, save)
+    groups = args.steps
     started = time.perf_counter()
     load = machine_load()
     folder = args.folders.get(kind) or full_size_folder(kind, args.bpe_vocab)
     run.steps["folder"] = {"path": str(folder), "wall_s": round(time.perf_counter() - started, 1),
                            "disk_gib": disk_gib(folder), "machine_at_start": load}
     save()
-    packs = []
-    for name, word in (("joe", "person"), ("rex", "dog")):
-        pack = work / "packs" / f"{name}.safetensors"
-        pack.unlink(missing_ok=True)
-        run.step(f"concepts new {name}",
-                 clif_serve("concepts", "new", name, "--model", str(folder), "--init-from", word, "-o", str(pack)))
-        packs.append(pack)
+    packs = [work / "packs" / f"{name}.safetensors" for name, _ in CONCEPTS]
+    if "concepts" in groups:
+        for pack, (name, word) in zip(packs, CONCEPTS, strict=True):
+            pack.unlink(missing_ok=True)
+            run.step(f"concepts new {name}",
+                     clif_serve("concepts", "new", name, "--model", str(folder), "--init-from", word, "-o", str(pack)))
     recipe_file = args.recipes.get(kind, RECIPES[kind])
     smallest = load_recipe(recipe_file).height.min  # 256 px for sd15-512, 512 px for sdxl-1024
     size = str(smallest)
     request = [PROMPT, "--steps", "2", "--seed", "0", "--height", size, "--width", size]
     in_process = work / "in_process.png"
-    concepts = [arg for pack in packs for arg in ("--concept", str(pack))]
-    run.step("generate", clif_serve("generate", *request, "--model", str(folder), *concepts, "-o", str(in_process)))
-    run.refusal("generate refused 264x256", clif_serve("generate", PROMPT, "--steps", "2", "--height", BAD_SIZE[0],
-                                                       "--width", BAD_SIZE[1], "--model", str(folder), *concepts,
-                                                       "-o", str(work / "bad.png")))
+    if "generate" in groups:
+        concepts = [arg for pack in packs for arg in ("--concept", str(require(pack, "concepts")))]
+        run.step("generate", clif_serve("generate", *request, "--model", str(folder), *concepts, "-o", str(in_process)))
+        run.refusal("generate refused 264x256", clif_serve("generate", PROMPT, "--steps", "2", "--height", BAD_SIZE[0],
+                                                           "--width", BAD_SIZE[1], "--model", str(folder), *concepts,
+                                                           "-o", str(work / "bad.png")))
     export = work / "export"
-    run.step("export", clif_serve("export", "--model", str(folder), "--out", str(export), "--recipe",
-                                  str(recipe_file), "--overwrite"))
-    run.steps["export"].update(export_figures(export))
-    save()
-    repo = work / "repo"
-    run.step("repo", clif_serve("repo", "--export", str(export), "--out", str(repo), "--pipeline-instances", "1",
-                                "--force", *REPO_OPTIONS[kind]))
-    serve_steps(run, repo, packs, request, in_process)
-    latency = [sys.executable, __file__, "unet-latency", "--model", str(folder), "--export", str(export),
-               "--size", size, "--calls", str(args.latency_calls)]
-    sides = ("both",) if kind == "sd15" else ("torch", "ort")  # SDXL: one 10 GB UNet per process
-    for side in sides:
-        run.step(f"latency {side}", [*latency, "--side", side, "--json", str(work / f"latency-{side}.json")])
-        run.steps[f"latency {side}"]["ms"] = json.loads((work / f"latency-{side}.json").read_text())
-    timings = {k: v for side in sides for k, v in run.steps[f"latency {side}"]["ms"].items()}
-    run.steps["latency"] = {"size": smallest, "batch": 2, **timings,
-                            "pytorch_over_onnxruntime": round(timings["torch_ms"] / timings["ort_ms"], 2)}
-    save()
-    if kind == "sd15":
+    if "export" in groups:
+        run.step("export", clif_serve("export", "--model", str(folder), "--out", str(export), "--recipe",
+                                      str(recipe_file), "--overwrite"))
+        run.steps["export"].update(export_figures(export))
+        save()
+    if "serve" in groups:
+        repo = work / "repo"
+        run.step("repo", clif_serve("repo", "--export", str(require(export / "manifest.json", "export").parent),
+                                    "--out", str(repo), "--pipeline-instances", "1", "--force", *REPO_OPTIONS[kind]))
+        for pack in packs:
+            require(pack, "concepts")
+        serve_steps(run, repo, packs, request, require(in_process, "generate"))
+    if "latency" in groups:
+        latency_steps(run, folder, export, smallest, args.latency_calls)
+    if "train" in groups and kind == "sd15":
         view = folder_at_256(folder, work / "model-256")
         photos = work / "photos"
         run.step("train", clif_serve(
             "train", "--model", str(view), "--concept", f"joe={draw_photos(photos / 'joe', (200, 40, 40))}:person",
             "--common", f"person={draw_photos(photos / 'person', (90, 90, 90))}", "--steps", "clif=1,ti=1,lora=1",
+            "--image-encoder", str(clip_folder()),
             "--batch-size", "1", "--gradient-checkpointing", "--mixed-precision", "bf16", "--out", str(work / "train"),
-        ), resolution=256)
+        ), resolution=256, image_encoder="CLIP ViT-L/14 (public config, random weights)")
+
+
+def latency_steps(run: Run, folder: Path, export: Path, size: int, calls: int) -> None:
+    """One batch-2 UNet call, PyTorch eager against onnxruntime (PyTorch alone when there is no export)."""
+    if not (export / "manifest.json").is_file():
+        sides = ("torch",)
+    else:
+        sides = ("both",) if run.kind == "sd15" else ("torch", "ort")  # SDXL: one 10 GB UNet per process
+    latency = [sys.executable, __file__, "unet-latency", "--model", str(folder), "--export", str(export),
+               "--size", str(size), "--calls", str(calls)]
+    for side in sides:
+        out = run.work / f"latency-{side}.json"
+        run.step(f"latency {side}", [*latency, "--side", side, "--json", str(out)])
+        run.steps[f"latency {side}"]["ms"] = json.loads(out.read_text())
+    timings = {k: v for side in sides for k, v in run.steps[f"latency {side}"]["ms"].items()}
+    record = {"size": size, "batch": 2, **timings}
+    if "ort_ms" in timings:
+        record["pytorch_over_onnxruntime"] = round(timings["torch_ms"] / timings["ort_ms"], 2)
+    else:
+        record["not_run"] = "onnxruntime: no export of this model in the work folder"
+    run.steps["latency"] = record
+    run.save()
+
+
+def unet_feed(folder: Path, size: int) -> dict:
+    """Batch-2 UNet inputs at `size` px, shaped from the folder's unet/ and vae/ configs (no export needed)."""
+    import torch
+
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    latent = size // 2 ** (len(vae["block_out_channels"]) - 1)
+    generator = torch.Generator().manual_seed(0)
+    feed = {
+        "sample": torch.randn(2, unet["in_channels"], latent, latent, generator=generator),
+        "timestep": torch.full((2,), 500.0),
+        "encoder_hidden_states": torch.randn(2, 77, unet["cross_attention_dim"], generator=generator),
+    }
+    if unet.get("addition_embed_type") == "text_time":  # SDXL: pooled text + 6 time ids, each embedded
+        pooled = unet["projection_class_embeddings_input_dim"] - 6 * unet["addition_time_embed_dim"]
+        feed["text_embeds"] = torch.randn(2, pooled, generator=generator)
+        feed["time_ids"] = torch.tensor([[size, size, 0, 0, size, size]] * 2, dtype=torch.float32)
+    return feed
 
 
 def unet_latency(args) -> None:
@@ -310,19 +367,8 @@ def unet_latency(args) -> None:
     from clif_serve.contract.folder import open_export
     from clif_serve.export.parity import quiet_session_options
 
-    export = open_export(args.export)
-    spec = export.spec
-    latent = args.size // spec.vae_scale_factor
-    generator = torch.Generator().manual_seed(0)
-    feed = {
-        "sample": torch.randn(2, spec.latent_channels, latent, latent, generator=generator),
-        "timestep": torch.full((2,), 500.0),
-        "encoder_hidden_states": torch.randn(2, spec.max_length, sum(e.hidden_size for e in spec.text_encoders),
-                                             generator=generator),
-    }
-    if spec.kind == "sdxl":
-        feed["text_embeds"] = torch.randn(2, spec.text_encoders[-1].pooled_size, generator=generator)
-        feed["time_ids"] = torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * 2, dtype=torch.float32)
+    feed = unet_feed(Path(args.model), args.size)
+    sdxl = "time_ids" in feed
     calls = {}
     if args.side in ("both", "torch"):
         from diffusers import UNet2DConditionModel
@@ -333,7 +379,7 @@ def unet_latency(args) -> None:
         unet = UNet2DConditionModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=torch.float32,
                                                     variant=weight_variant(unet_dir)).eval().to(args.device)
         inputs = {name: tensor.to(args.device) for name, tensor in feed.items()}
-        added = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]} if spec.kind == "sdxl" else None
+        added = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]} if sdxl else None
 
         def torch_call():
             with torch.inference_mode():
@@ -345,7 +391,7 @@ def unet_latency(args) -> None:
         calls["torch_ms"] = torch_call
     if args.side in ("both", "ort"):
         provider = "CUDAExecutionProvider" if args.device == "cuda" else "CPUExecutionProvider"
-        session = ort.InferenceSession(str(export.onnx_path("unet")), quiet_session_options(), providers=[provider])
+        session = ort.InferenceSession(str(open_export(args.export).onnx_path("unet")), quiet_session_options(), providers=[provider])
         if session.get_providers()[0] != provider:
             raise SystemExit(f"onnxruntime has no {provider} here (install onnxruntime-gpu on a CUDA machine)")
         arrays = {name: tensor.numpy() for name, tensor in feed.items()}
@@ -409,7 +455,7 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command")
     latency = sub.add_parser("unet-latency", help="(internal) time one UNet")
     latency.add_argument("--model", required=True)
-    latency.add_argument("--export", required=True)
+    latency.add_argument("--export", help="the export whose unet stage onnxruntime runs (needed unless --side torch)")
     latency.add_argument("--size", type=int, required=True)
     latency.add_argument("--calls", type=int, default=3)
     latency.add_argument("--side", choices=("both", "torch", "ort"), default="both")
@@ -422,6 +468,9 @@ def main(argv=None) -> None:
                         help="folder for exports, repositories, logs (default: under the clif-serve cache)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--latency-calls", type=int, default=3)
+    parser.add_argument("--steps", default=",".join(STEP_GROUPS),
+                        help=f"step groups to run, comma-separated, of {','.join(STEP_GROUPS)} (default: all); "
+                             "the others' results stay in the report and their outputs in --work")
     parser.add_argument("--folder", action="append", default=[], metavar="KIND=DIR",
                         help="use this diffusers folder for sd15 or sdxl instead of building one (e.g. your checkpoint)")
     parser.add_argument("--recipe", action="append", default=[], metavar="KIND=FILE",
@@ -429,6 +478,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     args.folders = {kind: Path(folder) for kind, folder in (item.split("=", 1) for item in args.folder)}
     args.recipes = {kind: Path(recipe) for kind, recipe in (item.split("=", 1) for item in args.recipe)}
+    args.steps = tuple(args.steps.split(","))
+    if unknown := set(args.steps) - set(STEP_GROUPS):
+        parser.error(f"--steps: unknown {', '.join(sorted(unknown))} (steps: {', '.join(STEP_GROUPS)})")
     if args.command == "unet-latency":
         unet_latency(args)
         return
@@ -445,7 +497,9 @@ def main(argv=None) -> None:
         (args.out / "full_size.md").write_text(markdown(report))
 
     for kind in args.models.split(","):
-        report["models"][kind] = {}
+        if set(args.steps) == set(STEP_GROUPS):
+            report["models"][kind] = {}
+        report["models"].setdefault(kind, {}).pop("error", None)
         try:
             run_model(kind, args, report, save)
         except RuntimeError as exc:  # a failed step is recorded; the next model still runs

@@ -11,6 +11,10 @@ The SD1.5 folder holds fp32 weights; the SDXL folder only `*.fp16.safetensors` w
 checkpoints are usually shipped), so its use also checks diffusers' `variant` loading. Components
 are built and saved one at a time, so building SDXL needs about one fp32 UNet (10.3 GB) of memory.
 Folders are built once and cached under `<clif-serve cache>/models/full-size-<kind>-v<N>`.
+
+`clip_folder()` builds the image encoder that CLIF training on the SD1.5 folder needs: a
+`CLIPModel` folder of openai/clip-vit-large-patch14's public config (the CLIP whose text tower is
+SD1.5's text encoder), random weights, cached as `full-size-clip-l-v<N>`.
 """
 
 from __future__ import annotations
@@ -23,11 +27,18 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from full_size_configs import MODELS  # noqa: E402
+from full_size_configs import CLIP_L_TEXT, CLIP_L_VISION, MODELS  # noqa: E402
 
 from clif_serve.paths import cached_model_folder  # noqa: E402
 
@@ -114,6 +125,17 @@ def full_size_folder(kind: str, bpe_file: Path) -> Path:
     return cached_model_folder(
         f"full-size-{kind}-v{FOLDER_VERSION}", "model_index.json", lambda staging: build_folder(kind, staging, bpe_file)
     )
+
+
+def _build_clip(out: Path) -> None:
+    torch.manual_seed(20)
+    config = CLIPConfig(text_config=CLIP_L_TEXT, vision_config=CLIP_L_VISION, projection_dim=CLIP_L_VISION["projection_dim"])
+    _save(CLIPModel(config), out, torch.float32)
+
+
+def clip_folder() -> Path:
+    """The cached full-size CLIP ViT-L/14 folder (CLIPModel layout) for `clif-serve train --image-encoder`."""
+    return cached_model_folder(f"full-size-clip-l-v{FOLDER_VERSION}", "config.json", _build_clip)
 
 
 if __name__ == "__main__":
