@@ -69,6 +69,8 @@ RECIPES = {"sd15": ROOT / "export" / "sd15-512.toml", "sdxl": ROOT / "export" / 
 BAD_SIZE = ("264", "256")
 CONCEPTS = (("joe", "person"), ("rex", "dog"))
 STEP_GROUPS = ("concepts", "generate", "export", "serve", "latency", "train")
+GROUP_RESULT = {"concepts": "concepts new joe", "generate": "generate", "export": "export", "serve": "served",
+                "latency": "latency", "train": "train"}  # the step whose record says the group ran
 # SDXL: serve `unet` only. With adapters the repository also serves `unet_lora`, a second 10 GB
 # onnxruntime UNet session that does not fit beside the first in 24 GiB (the packs carry no LoRA).
 REPO_OPTIONS = {"sd15": (), "sdxl": ("--no-lora-adapters",)}
@@ -426,7 +428,8 @@ def markdown(report: dict) -> str:
         for name, step in steps.items():
             lines.append(f"| {name} | {step.get('wall_s', step.get('ready_s', ''))} | {step.get('peak_rss_gib', '')} "
                          f"| {_notes(name, step)} |")
-        lines.append("")
+        missing = [group for group, step in GROUP_RESULT.items() if step not in steps and (group != "train" or kind == "sd15")]
+        lines += ["", f"Not run for {kind}: {', '.join(missing)}." if missing else f"Every step ran for {kind}.", ""]
     return "\n".join(lines)
 
 
@@ -444,6 +447,8 @@ def _notes(name: str, step: dict) -> str:
         return f"ready in {step['ready_s']} s; RSS after ready (GiB): {step['rss_gib_after_ready']}"
     if name == "served":
         return f"max pixel diff vs in-process: {step.get('max_pixel_diff_vs_in_process')}"
+    if name == "latency" and "not_run" in step:
+        return f"{step['size']} px batch 2: PyTorch {step['torch_ms']} ms; not run: {step['not_run']}"
     if name == "latency":
         return (f"{step['size']} px batch 2: PyTorch {step['torch_ms']} ms, ORT {step['ort_ms']} ms, "
                 f"PyTorch / ORT {step['pytorch_over_onnxruntime']}")
