@@ -315,6 +315,18 @@ def run_model(kind: str, args, report: dict, save) -> None:
             "--image-encoder", str(clip_folder()),
             "--batch-size", "1", "--gradient-checkpointing", "--mixed-precision", "bf16", "--out", str(work / "train"),
         ), resolution=256, image_encoder="CLIP ViT-L/14 (public config, random weights)")
+        run.steps["train"].update(train_figures(work / "train"))
+        save()
+
+
+def train_figures(out: Path) -> dict:
+    """Seconds per training stage (preparation included) and each stage's last logged loss."""
+    summary = json.loads((out / "train_summary.json").read_text())
+    losses = {}
+    for line in (out / "train_log.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        losses[entry["stage"]] = round(entry["loss"], 4)
+    return {"stage_seconds": summary["seconds"], "losses": losses}
 
 
 def latency_steps(run: Run, folder: Path, export: Path, size: int, calls: int) -> None:
@@ -443,6 +455,9 @@ def _notes(name: str, step: dict) -> str:
     if name == "export" and "stages" in step:
         parity = ", ".join(f"{s} {v['max_rel_diff']:.1e} (tol {v['tolerance']:.1e})" for s, v in step["stages"].items())
         return f"{step['disk_gib']} GB; max rel. parity diff: {parity}"
+    if name == "train" and "stage_seconds" in step:
+        return (f"{step['resolution']} px, seconds per stage {step['stage_seconds']}, loss {step['losses']} "
+                "(CLIF at batch 1: InfoNCE over one pair is 0)")
     if name == "serve":
         return f"ready in {step['ready_s']} s; RSS after ready (GiB): {step['rss_gib_after_ready']}"
     if name == "served":
