@@ -441,7 +441,8 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | {step.get('wall_s', step.get('ready_s', ''))} | {step.get('peak_rss_gib', '')} "
                          f"| {_notes(name, step)} |")
         missing = [group for group, step in GROUP_RESULT.items() if step not in steps and (group != "train" or kind == "sd15")]
-        lines += ["", f"Not run for {kind}: {', '.join(missing)}." if missing else f"Every step ran for {kind}.", ""]
+        lines += ["", f"Not run for {kind}: {', '.join(missing)}." if missing else f"Every step ran for {kind}."]
+        lines += [report.get("notes", {}).get(kind, ""), ""]
     return "\n".join(lines)
 
 
@@ -488,6 +489,8 @@ def main(argv=None) -> None:
                         help="folder for exports, repositories, logs (default: under the clif-serve cache)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--latency-calls", type=int, default=3)
+    parser.add_argument("--note", action="append", default=[], metavar="KIND=TEXT",
+                        help="a note printed under the model's table (e.g. why some steps did not run)")
     parser.add_argument("--steps", default=",".join(STEP_GROUPS),
                         help=f"step groups to run, comma-separated, of {','.join(STEP_GROUPS)} (default: all); "
                              "the others' results stay in the report and their outputs in --work")
@@ -511,6 +514,7 @@ def main(argv=None) -> None:
     results = args.out / "full_size.json"
     report = json.loads(results.read_text()) if results.is_file() else {"models": {}}
     report["environment"] = describe_environment()
+    report.setdefault("notes", {}).update(item.split("=", 1) for item in args.note)
 
     def save() -> None:
         results.write_text(json.dumps(report, indent=1))
