@@ -436,7 +436,9 @@ def markdown(report: dict) -> str:
         "",
     ]
     for kind, steps in report["models"].items():
-        lines += [f"## {kind}", "", "| step | wall (s) | peak RSS (GiB) | notes |", "|---|---|---|---|"]
+        lines += [f"## {kind}", ""]
+        if steps:
+            lines += ["| step | wall (s) | peak RSS (GiB) | notes |", "|---|---|---|---|"]
         for name, step in steps.items():
             lines.append(f"| {name} | {step.get('wall_s', step.get('ready_s', ''))} | {step.get('peak_rss_gib', '')} "
                          f"| {_notes(name, step)} |")
