@@ -4,7 +4,8 @@ links there), or any TOML file; read with `tomllib` (`tomli` on Python 3.10).
 A recipe fixes what an export supports: the batch range every stage accepts, the image sizes, the
 concept-table rows, the LoRA ranks of `unet_lora`, the UNet variants to emit, the parity tolerance
 and the TensorRT build (precision, workspace, optimisation profiles, whether the UNet engine is
-refittable). Ranges are `{min, opt, max}`; `opt` is what TensorRT tunes for. `batch` counts
+refittable). Without `parity_tolerance` each stage's tolerance is derived from float32 rounding at
+its size (`clif_serve.export.parity`). Ranges are `{min, opt, max}`; `opt` is what TensorRT tunes for. `batch` counts
 samples per network call: with classifier-free guidance the UNet sees two per image.
 """
 
@@ -62,7 +63,7 @@ class Recipe:
     opset: int
     precision: str
     unet_variants: tuple[str, ...]
-    parity_tolerance: float
+    parity_tolerance: float | None  # None: derived per stage and size (clif_serve.export.parity)
     batch: Range
     height: Range
     width: Range
@@ -183,8 +184,8 @@ def recipe_from_dict(data: dict, name: str) -> Recipe:
     opset = data.get("opset", 18)
     if not isinstance(opset, int) or not 17 <= opset <= 23:
         raise InputError("opset", f"must be an integer in [17, 23], got {opset!r}")
-    tolerance = data.get("parity_tolerance", 1e-3)
-    if not isinstance(tolerance, int | float) or not 0 < tolerance < 1:
+    tolerance = data.get("parity_tolerance")
+    if tolerance is not None and (not isinstance(tolerance, int | float) or not 0 < tolerance < 1):
         raise InputError("parity_tolerance", f"must be a number in (0, 1), got {tolerance!r}")
     batch = _range(data, "batch")
     if batch.max < 2:
@@ -195,7 +196,7 @@ def recipe_from_dict(data: dict, name: str) -> Recipe:
         opset=opset,
         precision=_choice(data, "precision", ONNX_PRECISIONS, "fp32"),
         unet_variants=variants,
-        parity_tolerance=float(tolerance),
+        parity_tolerance=None if tolerance is None else float(tolerance),
         batch=batch,
         height=height,
         width=width,

@@ -16,6 +16,7 @@ Inputs are deterministic (seeded) so an export's parity figures are reproducible
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,7 +31,7 @@ from clif_serve.contract.deployment import Deployment
 from clif_serve.contract.ranges import Range
 from clif_serve.contract.stages import UNET, UNET_LORA, VAE_DECODER, Axis, StageSignature, TensorSpec
 from clif_serve.lora.math import merge_lora
-from clif_serve.lora.naming import lora_input_names, lora_input_shape
+from clif_serve.lora.naming import LORA_A_SUFFIX, LORA_B_SUFFIX, lora_input_names, lora_input_shape
 from clif_serve.lora.peft import adapter_parameter
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.concept_text_encoder import ConceptTextEncoder
@@ -257,18 +258,48 @@ def unet_trace(base: BaseModel, deployment: Deployment, merged: LoraWeights | No
     )
 
 
-def _random_lora(spec: ModelSpec, rank: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    return tuple(
-        torch.randn(lora_input_shape(spec, name, rank), generator=generator) * 0.2
-        for name in lora_input_names(spec)
-    )
+# Each parity LoRA update B @ A gets this fraction of its base weight's Frobenius norm.
+PARITY_LORA_RELATIVE_NORM = 0.1
+
+
+def parity_lora(unet: nn.Module, spec: ModelSpec, rank: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """LoRA A/B inputs of realistic magnitude for a parity case, in `lora_input_names(spec)` order.
+
+    A is drawn as peft initialises it (kaiming-uniform: U(-1/sqrt(in), 1/sqrt(in))); B is random
+    and scaled so that every module's update B @ A is PARITY_LORA_RELATIVE_NORM (10 %) of the
+    Frobenius norm of the weight it adapts. That moves the UNet's output far beyond the parity
+    tolerance (a LoRA input bound to the wrong place or scaled wrongly is caught), yet keeps the
+    network where trained LoRAs keep it, a small relative change of each weight. Random factors of
+    a fixed size do not: at full width they made the updates 5-10x the base weights and the UNet
+    chaotic, so fp32 rounding alone moved its output by O(1) and no export could pass.
+    """
+    layers = dict(unet.named_modules())
+    tensors = {}
+    for module in sorted(spec.lora_targets):
+        weight = layers[module].weight.detach().to(torch.float32)
+        out_features, in_features = weight.shape
+        bound = 1.0 / math.sqrt(in_features)
+        down = (torch.rand(rank, in_features, generator=generator) * 2 - 1) * bound
+        up = torch.randn(out_features, rank, generator=generator)
+        up *= PARITY_LORA_RELATIVE_NORM * torch.linalg.matrix_norm(weight) / torch.linalg.matrix_norm(up @ down)
+        tensors[module + LORA_A_SUFFIX], tensors[module + LORA_B_SUFFIX] = down, up
+    return tuple(tensors[name] for name in lora_input_names(spec))
+
+
+def sharing_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module`'s structure that shares its parameters and buffers (no weight is copied).
+
+    Adding peft LoRA layers to the copy wraps the copy's Linear modules and leaves `module` as it was.
+    """
+    memo = {id(tensor): tensor for tensor in (*module.parameters(), *module.buffers())}
+    return copy.deepcopy(module, memo)
 
 
 def unet_lora_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
     """The UNet with every attention projection's LoRA A/B as (zero-initialised) graph inputs."""
     spec = base.spec
     signature = deployment.signature(UNET_LORA)
-    unet = copy.deepcopy(base.unet)
+    unet = sharing_copy(base.unet)
     # alpha == r: peft's scale alpha/r is traced as the constant 1, so adapters carry scale * B.
     unet.add_adapter(
         LoraConfig(r=_TRACE_RANK, lora_alpha=_TRACE_RANK, target_modules=sorted(spec.lora_targets)), _ADAPTER
@@ -281,7 +312,7 @@ def unet_lora_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
     (_, opt), (_, low) = _image_points(deployment)
     plain = _unet_inputs(signature, opt, torch.Generator().manual_seed(0))
     with_lora = _unet_inputs(signature, low, torch.Generator().manual_seed(1))
-    lora = _random_lora(spec, deployment.lora_rank.opt, torch.Generator().manual_seed(2))
+    lora = parity_lora(base.unet, spec, deployment.lora_rank.opt, torch.Generator().manual_seed(2))
     all_names = signature.input_names + lora_names
     cases = (
         ParityCase("no adapter (zero initializers)", plain + zeros, _feed(signature.input_names, plain)),
@@ -292,7 +323,7 @@ def unet_lora_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
         signature=signature,
         module=module,
         example=_unet_inputs(signature, opt, torch.Generator().manual_seed(99))
-        + _random_lora(spec, example_rank, torch.Generator().manual_seed(98)),
+        + parity_lora(base.unet, spec, example_rank, torch.Generator().manual_seed(98)),
         dynamic_shapes=dynamic_shapes(signature, deployment),
         cases=cases,
         record_extra={"lora_inputs": list(lora_names), "lora_scale_in_graph": 1.0},
