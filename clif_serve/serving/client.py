@@ -108,6 +108,7 @@ class ClifClient:
     replicas (a sequence, or one comma-separated string).
 
     `keys`: the keys to send (default: `ClientKeys.resolve()`, i.e. from the environment).
+    `timeout_s`: the limit of one attempt (a call that fails over makes one attempt per replica).
     `retry_after_s`: how long a replica that was found down is avoided.
     """
 

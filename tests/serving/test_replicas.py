@@ -29,6 +29,10 @@ from clif_serve.serving.shm import SHM_DIR
 from tests.helpers import random_pack
 from tests.serving.test_security import _regions, _wait_until_gone
 
+# Three server starts, and five restarts in the slow tests: about 25 s each on 2 idle cores, minutes
+# on a busy shared machine; the suite's 600 s per test is not enough for a first test that also exports.
+pytestmark = pytest.mark.timeout(1800)
+
 REPLICAS = 3
 CLIENTS = 4
 SEEDS = (0, 1, 2)
@@ -69,7 +73,7 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tiny_export, packs, tmp_path_factory):
     root = tmp_path_factory.mktemp("replicas")
-    repo = build_repository(tiny_export.root, root / "repo", RepoOptions(pipeline_instances=2))
+    repo = build_repository(tiny_export.root, root / "repo", RepoOptions(pipeline_instances=1))
     install = find_tritonserver()  # one prepared tritonserver folder for all three
     servers = [
         TritonServer(repo, Ports.free_on_loopback(), root / "store", install=install, log_file=root / f"server{i}.log")
@@ -204,6 +208,20 @@ def test_a_down_replica_is_skipped_and_the_last_error_is_raised(fleet):
         assert client.is_ready() and not client.is_ready(dead)
     with ClifClient([dead, f"127.0.0.1:{free_port()}"], timeout_s=10) as client, pytest.raises(Exception, match="UNAVAILABLE"):
         client.generate(_request(0))
+
+
+def test_the_cli_takes_replicas_comma_separated_and_repeated(fleet, tmp_path, capsys):
+    from clif_serve.cli import main
+
+    dead = f"127.0.0.1:{free_port()}"
+    urls = ["--url", f"{dead},{fleet.urls[0]}", "--url", ",".join(fleet.urls[1:])]
+    assert main(["concepts", "list", *urls]) == 0
+    assert "<joe>" in capsys.readouterr().out
+    out = tmp_path / "joe.png"
+    assert main(["generate", PROMPT, *urls, "--steps", str(STEPS), "--seed", "1", "-o", str(out)]) == 0
+    assert out.is_file()
+    assert main(["concepts", "list", "--url", f"{dead},{dead}"]) == 2
+    assert "url: names a replica twice" in capsys.readouterr().err
 
 
 def test_requests_spread_over_the_replicas(fleet):
