@@ -9,9 +9,11 @@ Bounded: every load runs a fixed number of requests under a deadline, every serv
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -99,7 +101,13 @@ def fleet(tiny_export, packs, tmp_path_factory):
 
 
 class Load:
-    """CLIENTS threads generating through the fleet's one client until `total` requests, `stop()` or the deadline."""
+    """CLIENTS threads generating through the fleet's one client until `total` requests, `stop()` or the deadline.
+
+    `forking()`: while it lasts, a `subprocess.Popen` (the launcher's fork of tritonserver) waits until
+    no call of this load is in flight and holds new ones back. gRPC cannot fork a process with calls
+    in flight (the child aborts in gRPC's fork handlers); in a deployment the servers are not
+    children of their clients, here they are, for the instant of the fork only.
+    """
 
     def __init__(self, fleet: Fleet, total: int, deadline_s: float = LOAD_DEADLINE_S):
         self.fleet, self.total = fleet, total
@@ -108,6 +116,43 @@ class Load:
         self._lock, self._next, self._stop = threading.Lock(), 0, threading.Event()
         self._deadline = time.monotonic() + deadline_s
         self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(CLIENTS)]
+        self._calls = threading.Condition()
+        self._in_flight, self._forking = 0, False
+
+    def _generate(self, seed: int) -> np.ndarray:
+        with self._calls:
+            self._calls.wait_for(lambda: not self._forking)
+            self._in_flight += 1
+        try:
+            return self.fleet.client.generate(_request(seed))
+        finally:
+            with self._calls:
+                self._in_flight -= 1
+                self._calls.notify_all()
+
+    @contextlib.contextmanager
+    def forking(self):
+        """Make `subprocess.Popen` wait for a moment without calls in flight (see the class)."""
+        popen = subprocess.Popen
+        load = self
+
+        class QuietPopen(popen):
+            def __init__(self, *args, **kwargs):
+                with load._calls:
+                    load._forking = True
+                    load._calls.wait_for(lambda: load._in_flight == 0)
+                try:
+                    super().__init__(*args, **kwargs)
+                finally:
+                    with load._calls:
+                        load._forking = False
+                        load._calls.notify_all()
+
+        subprocess.Popen = QuietPopen
+        try:
+            yield
+        finally:
+            subprocess.Popen = popen
 
     def _loop(self) -> None:
         while not self._stop.is_set() and time.monotonic() < self._deadline:
@@ -117,7 +162,7 @@ class Load:
                 return
             seed = SEEDS[number % len(SEEDS)]
             try:
-                image = self.fleet.client.generate(_request(seed))
+                image = self._generate(seed)
             except Exception as exc:  # every failure is reported by the test
                 with self._lock:
                     self.failures.append(f"{type(exc).__name__}: {exc}")
@@ -300,7 +345,8 @@ def test_a_rolling_restart_costs_no_request(fleet):
         load.wait_for(4)
         for server in fleet.servers:
             server.stop()
-            fleet.start(server)
+            with load.forking():
+                fleet.start(server)
             _wait_serving(fleet, load, server)  # back in the client's rotation before the next one goes
         load.stop()
     load.check(at_least=16)
