@@ -332,7 +332,7 @@ def _wait_serving(fleet: Fleet, load: Load, server: TritonServer, requests: int 
     """Wait until a (re)started replica has completed `requests` generations of the running `load`."""
     deadline = time.monotonic() + timeout_s
     while fleet.successes()[server.grpc_url] < requests:
-        assert load.running, "the load ended before the restarted replica served"
+        assert load.running, f"the load ended ({load.done} requests, failures {load.failures[:3]}) before the restart"
         assert time.monotonic() < deadline, f"{server.grpc_url} got no requests {timeout_s:.0f} s after its start"
         time.sleep(0.1)
 
@@ -341,7 +341,8 @@ def _wait_serving(fleet: Fleet, load: Load, server: TritonServer, requests: int 
 def test_a_rolling_restart_costs_no_request(fleet):
     """Each replica stopped (SIGINT, as `clif-serve serve` stops on SIGTERM) and started again in turn,
     the next only once the last is ready, while 4 threads generate."""
-    with Load(fleet, total=1000, deadline_s=LOAD_DEADLINE_S + REPLICAS * START_S) as load:
+    # Bounded by the deadline and stop(), not by a count (a few requests/s may run for minutes).
+    with Load(fleet, total=10**6, deadline_s=LOAD_DEADLINE_S + REPLICAS * START_S) as load:
         load.wait_for(4)
         for server in fleet.servers:
             server.stop()
