@@ -43,6 +43,19 @@ def request_from_args(args: argparse.Namespace):
     )
 
 
+URL_HELP = (
+    "gRPC HOST:PORT of a clif-serve server; several replicas of one deployment as a comma-separated list or "
+    "by repeating --url (requests go to the least busy and fail over to the others)"
+)
+
+
+def add_url_option(parser: argparse.ArgumentParser, required: bool, help_suffix: str = "") -> None:
+    """`--url`, repeatable and comma-separated, for the commands that talk to a server (ClifClient splits it)."""
+    parser.add_argument(
+        "--url", action="append", required=required, default=None, metavar="HOST:PORT", help=URL_HELP + help_suffix
+    )
+
+
 def add_key_options(parser: argparse.ArgumentParser) -> None:
     """`--api-key-file` / `--admin-key-file` of the commands that talk to a server."""
     parser.add_argument(
@@ -60,7 +73,7 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
 
 
 def client_from_args(args: argparse.Namespace):
-    """A ClifClient for `--url` with the keys of `--api-key-file` / `--admin-key-file` (else the environment)."""
+    """A ClifClient for `--url` (one server or several replicas) with the keys of `--api-key-file` / `--admin-key-file` (else the environment)."""
     from clif_serve.serving.client import ClifClient
     from clif_serve.serving.keys import ClientKeys
 

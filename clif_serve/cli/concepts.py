@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from clif_serve.cli.common import add_key_options, add_model_option, client_from_args
+from clif_serve.cli.common import add_key_options, add_model_option, add_url_option, client_from_args
 from clif_serve.errors import InputError
 
 
@@ -116,7 +116,7 @@ def _refuse_existing(paths, force: bool) -> None:
 
 
 def _add_url_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", required=True, metavar="HOST:PORT", help="gRPC endpoint of a clif-serve server")
+    add_url_option(parser, required=True)
     add_key_options(parser)
 
 

@@ -8,6 +8,7 @@ from clif_serve.cli.common import (
     add_generation_options,
     add_key_options,
     add_model_option,
+    add_url_option,
     client_from_args,
     request_from_args,
 )
@@ -26,9 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--concept", action="append", default=[], metavar="PACK", help="concept pack (.safetensors); repeatable"
     )
-    parser.add_argument(
-        "--url", default=None, metavar="HOST:PORT", help="gRPC endpoint of a clif-serve server (default: in process)"
-    )
+    add_url_option(parser, required=False, help_suffix=" (default: generate in process)")
     add_key_options(parser)
     parser.set_defaults(handler=run)
 

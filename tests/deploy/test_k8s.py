@@ -230,6 +230,20 @@ def test_keys_come_from_secrets_as_files_and_only_admin_pods_hold_the_admin_key(
     assert admin_secret_users == {"clif-serve-admin"}
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_server_args_are_options_of_clif_serve_serve(rendered, overlay):
+    """The manifests' command line parses with the real `clif-serve serve` (issue 12's key and address
+    options): listening beyond loopback with both key files, never --insecure."""
+    from clif_serve.cli import build_parser
+
+    for deployment in of_kind(rendered[overlay], "Deployment"):
+        args = [re.sub(r"\$\((\w+)\)", "300", arg) for arg in server(deployment)["args"]]  # $(VAR) of the pod
+        parsed = build_parser().parse_args(args)
+        assert parsed.handler.__module__ == "clif_serve.cli.serve"
+        assert parsed.address == "0.0.0.0" and not parsed.insecure
+        assert parsed.inference_key_file and parsed.admin_key_file and parsed.concept_store == "/concepts"
+
+
 def test_no_keys_are_committed():
     tracked = subprocess.run(
         ["git", "ls-files", "deploy/k8s"], cwd=ROOT, capture_output=True, text=True, check=True
