@@ -1,4 +1,9 @@
-"""ConceptPipeline: request -> prompt expansion -> sampling loop on an executor -> images."""
+"""ConceptPipeline: request -> prompt expansion -> sampling loop on an executor -> images.
+
+Region prompts are split and encoded like the prompt (their unknown concepts and lengths are
+errors naming `regions`), in one more text-encoder call; their concepts count for the request's
+LoRA set.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +18,23 @@ from clif_serve.contract.requests import RequestLimits
 from clif_serve.errors import InputError
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
+from clif_serve.runtime.regions import REGIONS_FIELD, pixel_masks
 from clif_serve.runtime.request import GenerationRequest
-from clif_serve.runtime.sampling import Conditioning, StepCallback, encode_conditioning, sample
+from clif_serve.runtime.sampling import (
+    Conditioning,
+    RegionConditioning,
+    StepCallback,
+    encode_conditioning,
+    sample,
+)
 
 
-def lora_of(packs: Sequence[ConceptPack]) -> LoraWeights | None:
+def lora_of(packs: Sequence[ConceptPack], field: str = "prompt") -> LoraWeights | None:
     """The one LoRA set used by a request's concepts (packs trained together share it), or None."""
     loras = {pack.lora.set_id: pack.lora for pack in packs if pack.lora is not None}
     if len(loras) > 1:
         names = ", ".join(pack.name for pack in packs if pack.lora is not None)
-        raise InputError("prompt", f"concepts {names} carry different LoRA sets; combine concepts of one set")
+        raise InputError(field, f"concepts {names} carry different LoRA sets; combine concepts of one set")
     return next(iter(loras.values()), None)
 
 
@@ -50,6 +62,16 @@ class ConceptPipeline:
             fields.append("negative_prompt")
         return self.prompt_encoder.split(texts, concepts, fields)
 
+    def split_regions(self, request: GenerationRequest, concepts: Mapping[str, ConceptPack]) -> SplitPrompts:
+        """The region prompts, split at triggers (errors name `regions` and say which region)."""
+        texts = [region.prompt for region in request.regions]
+        labels = [f"region {index}: " for index in range(len(texts))]
+        return self.prompt_encoder.split(texts, concepts, [REGIONS_FIELD] * len(texts), labels)
+
+    def _lora(self, request: GenerationRequest, split: SplitPrompts, regions: SplitPrompts) -> LoraWeights | None:
+        lora = lora_of(split.packs())
+        return lora_of(split.packs() + regions.packs(), REGIONS_FIELD) if request.regions else lora
+
     def _zero_negative(self, request: GenerationRequest) -> bool:
         """SDXL's zeroed negative conditioning for an absent negative prompt."""
         return request.negative_prompt is None and self.spec.force_zeros_for_empty_prompt
@@ -65,16 +87,28 @@ class ConceptPipeline:
             negative = positive.zeros_like() if self._zero_negative(request) else both.take(1)
         return positive, negative
 
+    def region_conditioning(self, request: GenerationRequest, regions: SplitPrompts) -> RegionConditioning | None:
+        """The regions' token states (one text-encoder call) and latent masks; None without regions."""
+        if not request.regions:
+            return None
+        hidden = encode_conditioning(self.executor, self.prompt_encoder.encode(regions)).hidden
+        masks = pixel_masks(request.regions, request.height, request.width, len(request.regions))
+        return RegionConditioning.of(hidden, masks, self.spec.vae_scale_factor)
+
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> torch.Tensor:
         """Images `[N, 3, H, W]` in [0, 1] for a request; unknown triggers and bad fields raise InputError.
 
-        Everything about the request is checked (fields, concepts, the LoRA route) before any stage runs.
+        Everything about the request is checked (fields, concepts, regions, the UNet route) before any
+        stage runs.
         """
         request = request.validated(self.spec, self.limits)
-        split = self.split(request, self.registry.snapshot())
-        lora_id = self.executor.acquire_lora(lora_of(split.packs()))
+        concepts = self.registry.snapshot()
+        split, region_split = self.split(request, concepts), self.split_regions(request, concepts)
+        regional = bool(request.regions)
+        lora_id = self.executor.acquire_lora(self._lora(request, split, region_split), regional)
         try:
             positive, negative = self.conditioning(request, split)
-            return sample(self.executor, request, positive, negative, lora_id=lora_id, on_step=on_step)
+            regions = self.region_conditioning(request, region_split)
+            return sample(self.executor, request, positive, negative, lora_id, on_step, regions)
         finally:
-            self.executor.release_lora(lora_id)
+            self.executor.release_lora(lora_id, regional)
