@@ -131,7 +131,9 @@ def test_sdxl_full_image_region_is_the_plain_request_and_regions_count(tiny_xl_b
     pipeline = _pipeline(tiny_xl_base, [random_pack(tiny_xl_base, "a", seed=1), random_pack(tiny_xl_base, "b", seed=2)])
     plain = pipeline.generate(_request(negative_prompt=None))
     whole = pipeline.generate(_request([Region(PROMPT, box=(0, 0, 1, 1))], negative_prompt=None))
-    assert torch.equal(plain, whole)
+    # SDXL's absent negative prompt is zeros, not encoded: the text encoder sees the prompt alone in the
+    # plain request and next to the region prompt here, which may move the last float bits only.
+    assert (plain - whole).abs().max() < 1e-5
     regional = pipeline.generate(_request([Region("<a>", box=LEFT), Region("<b>", box=RIGHT)], negative_prompt="dark"))
     assert regional.shape == (1, 3, 64, 64) and (regional - plain).abs().max() > 1e-2
 

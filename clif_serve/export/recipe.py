@@ -181,14 +181,18 @@ def _tensorrt(data: dict, batch: Range, height: Range, width: Range) -> TensorRT
 
 
 def _regions(data: dict, variants: tuple[str, ...], batch: Range) -> int:
-    """Region slots: region prompts are encoded in one text-encoder call, so at most the batch maximum."""
+    """Region slots: a request's prompt, negative prompt and region prompts are one text-encoder call, so at
+    most the batch maximum less 2."""
     regions = data.get("regions", 0)
     if isinstance(regions, bool) or not isinstance(regions, int) or not 0 <= regions <= MAX_REGION_SLOTS:
         raise InputError("regions", f"must be an integer in [0, {MAX_REGION_SLOTS}], got {regions!r}")
     if regions and "lora" not in variants:
         raise InputError("regions", "region inputs are on unet_lora: list 'lora' in unet_variants")
-    if regions > batch.max:
-        raise InputError("regions", f"{regions} is more than the batch maximum {batch.max} (one text-encoder call)")
+    if regions + 2 > batch.max:
+        raise InputError(
+            "regions", f"{regions} regions + prompt + negative prompt exceed the batch maximum {batch.max} "
+            "(they are one text-encoder call)"
+        )
     return regions
 
 

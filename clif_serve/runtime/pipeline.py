@@ -1,8 +1,7 @@
 """ConceptPipeline: request -> prompt expansion -> sampling loop on an executor -> images.
 
-Region prompts are split and encoded like the prompt (their unknown concepts and lengths are
-errors naming `regions`), in one more text-encoder call; their concepts count for the request's
-LoRA set.
+Region prompts are split and encoded with the prompt, in the same text-encoder call (their unknown
+concepts and lengths are errors naming `regions`); their concepts count for the request's LoRA set.
 """
 
 from __future__ import annotations
@@ -55,22 +54,25 @@ class ConceptPipeline:
         self.limits = limits
 
     def split(self, request: GenerationRequest, concepts: Mapping[str, ConceptPack]) -> SplitPrompts:
-        """The prompts the text encoders see (prompt, and the negative prompt under guidance), split at triggers."""
-        texts, fields = [request.prompt], ["prompt"]
+        """The prompts the text encoders see, split at triggers: the prompt, the negative prompt under
+        guidance, then the region prompts (their errors name `regions` and say which region)."""
+        texts, fields, labels = [request.prompt], ["prompt"], [""]
         if request.uses_guidance and not self._zero_negative(request):
             texts.append(request.negative_prompt or "")
             fields.append("negative_prompt")
-        return self.prompt_encoder.split(texts, concepts, fields)
+            labels.append("")
+        for index, region in enumerate(request.regions):
+            texts.append(region.prompt)
+            fields.append(REGIONS_FIELD)
+            labels.append(f"region {index}: ")
+        return self.prompt_encoder.split(texts, concepts, fields, labels)
 
-    def split_regions(self, request: GenerationRequest, concepts: Mapping[str, ConceptPack]) -> SplitPrompts:
-        """The region prompts, split at triggers (errors name `regions` and say which region)."""
-        texts = [region.prompt for region in request.regions]
-        labels = [f"region {index}: " for index in range(len(texts))]
-        return self.prompt_encoder.split(texts, concepts, [REGIONS_FIELD] * len(texts), labels)
-
-    def _lora(self, request: GenerationRequest, split: SplitPrompts, regions: SplitPrompts) -> LoraWeights | None:
-        lora = lora_of(split.packs())
-        return lora_of(split.packs() + regions.packs(), REGIONS_FIELD) if request.regions else lora
+    @staticmethod
+    def lora(split: SplitPrompts) -> LoraWeights | None:
+        """The request's LoRA set: that of the prompts' concepts, which the regions' concepts must share."""
+        per_prompt = list(zip(split.fields, split.packs_per_prompt(), strict=True))
+        lora_of([pack for field, packs in per_prompt if field != REGIONS_FIELD for pack in packs])
+        return lora_of(split.packs(), REGIONS_FIELD)
 
     def _zero_negative(self, request: GenerationRequest) -> bool:
         """SDXL's zeroed negative conditioning for an absent negative prompt."""
@@ -78,22 +80,19 @@ class ConceptPipeline:
 
     def conditioning(
         self, request: GenerationRequest, split: SplitPrompts
-    ) -> tuple[Conditioning, Conditioning | None]:
-        """Encode prompt and negative prompt in one text-encoder batch."""
-        both = encode_conditioning(self.executor, self.prompt_encoder.encode(split))
-        positive = both.take(0)
+    ) -> tuple[Conditioning, Conditioning | None, RegionConditioning | None]:
+        """Encode prompt, negative prompt and region prompts in one text-encoder batch; the regions get
+        their latent masks."""
+        encoded = encode_conditioning(self.executor, self.prompt_encoder.encode(split))
+        positive = encoded.take(0)
         negative = None
         if request.uses_guidance:
-            negative = positive.zeros_like() if self._zero_negative(request) else both.take(1)
-        return positive, negative
-
-    def region_conditioning(self, request: GenerationRequest, regions: SplitPrompts) -> RegionConditioning | None:
-        """The regions' token states (one text-encoder call) and latent masks; None without regions."""
+            negative = positive.zeros_like() if self._zero_negative(request) else encoded.take(1)
         if not request.regions:
-            return None
-        hidden = encode_conditioning(self.executor, self.prompt_encoder.encode(regions)).hidden
+            return positive, negative, None
         masks = pixel_masks(request.regions, request.height, request.width, len(request.regions))
-        return RegionConditioning.of(hidden, masks, self.spec.vae_scale_factor)
+        hidden = encoded.hidden[-len(request.regions) :]
+        return positive, negative, RegionConditioning.of(hidden, masks, self.spec.vae_scale_factor)
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> torch.Tensor:
         """Images `[N, 3, H, W]` in [0, 1] for a request; unknown triggers and bad fields raise InputError.
@@ -102,13 +101,11 @@ class ConceptPipeline:
         stage runs.
         """
         request = request.validated(self.spec, self.limits)
-        concepts = self.registry.snapshot()
-        split, region_split = self.split(request, concepts), self.split_regions(request, concepts)
+        split = self.split(request, self.registry.snapshot())
         regional = bool(request.regions)
-        lora_id = self.executor.acquire_lora(self._lora(request, split, region_split), regional)
+        lora_id = self.executor.acquire_lora(self.lora(split), regional)
         try:
-            positive, negative = self.conditioning(request, split)
-            regions = self.region_conditioning(request, region_split)
+            positive, negative, regions = self.conditioning(request, split)
             return sample(self.executor, request, positive, negative, lora_id, on_step, regions)
         finally:
             self.executor.release_lora(lora_id, regional)

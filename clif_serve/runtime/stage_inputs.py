@@ -13,12 +13,14 @@ from collections.abc import Sequence
 import torch
 
 from clif_serve.contract.stages import REGION_HIDDEN_STATES, REGION_MASKS, StageSignature
+from clif_serve.errors import InputError
 from clif_serve.runtime.executor import RegionInputs
+from clif_serve.runtime.regions import REGIONS_FIELD
 
 
 def _padded(tensor: torch.Tensor, slots: int) -> torch.Tensor:
     if tensor.shape[1] > slots:
-        raise ValueError(f"{tensor.shape[1]} regions for a stage with {slots} region slots")
+        raise InputError(REGIONS_FIELD, f"{tensor.shape[1]} regions; this deployment takes at most {slots}")
     padded = tensor.new_zeros(tensor.shape[0], slots, *tensor.shape[2:])
     padded[:, : tensor.shape[1]] = tensor
     return padded
