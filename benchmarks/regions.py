@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
@@ -47,11 +48,12 @@ from clif_serve.bench.baselines import stand_in_packs
 from clif_serve.bench.environment import describe_environment
 from clif_serve.concepts.registry import ConceptRegistry
 from clif_serve.contract.folder import open_export
+from clif_serve.contract.stages import REGION_HIDDEN_STATES, REGION_MASKS, UNET_LORA
 from clif_serve.export.exporter import export_model
 from clif_serve.local import local_server
 from clif_serve.models import regional_attention
 from clif_serve.models.loading import load_base_model
-from clif_serve.runtime.executor import Executor
+from clif_serve.runtime.executor import Executor, RegionInputs
 from clif_serve.runtime.ort_executor import OrtExecutor, OrtSettings
 from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.regions import Region
@@ -172,8 +174,37 @@ def interleaved(runs: dict[str, Callable[[], object]], rounds: int, desc: str) -
     }
 
 
-def with_ratios(rows: dict[str, dict]) -> dict[str, dict]:
-    plain = rows["plain"]["median_ms"]
+def unet_calls(executor: OrtExecutor, rounds: int) -> dict[str, dict]:
+    """One UNet call of a guided 1-image request (2 samples) on each path, and composition's bigger calls."""
+    generator = torch.Generator().manual_seed(0)
+    sample, hidden = torch.randn(2, 4, 32, 32, generator=generator), torch.randn(2, 77, 32, generator=generator)
+    timestep = torch.full((2,), 500.0)
+
+    def regions(count: int) -> RegionInputs:
+        masks = torch.zeros(2, count, 32, 32)
+        for region in range(count):
+            masks[1, region, :, region * 32 // count : (region + 1) * 32 // count] = 1
+        return RegionInputs(torch.randn(2, count, 77, 32, generator=generator), masks)
+
+    def wide(batch: int):
+        return torch.randn(batch, 4, 32, 32), torch.full((batch,), 500.0), torch.randn(batch, 77, 32)
+
+    runs = {
+        "plain (unet)": lambda: executor.predict_noise(sample, timestep, hidden),
+        "2 regions (unet_lora)": lambda r=regions(2): executor.predict_noise(sample, timestep, hidden, regions=r),
+        "4 regions (unet_lora)": lambda r=regions(4): executor.predict_noise(sample, timestep, hidden, regions=r),
+        "composition, 2 regions (unet, 4 samples)": lambda w=wide(4): executor.predict_noise(*w),
+        "composition, 4 regions (unet, 6 samples)": lambda w=wide(6): executor.predict_noise(*w),
+    }
+    lora = executor.session(UNET_LORA)
+    feed = {"sample": sample.numpy(), "timestep": timestep.numpy(), "encoder_hidden_states": hidden.numpy()}
+    feed |= {name: np.zeros((2, 4, *shape), np.float32) for name, shape in ((REGION_HIDDEN_STATES, (77, 32)), (REGION_MASKS, (32, 32)))}
+    runs["no regions on unet_lora (zero slots, zero LoRA)"] = lambda: lora.run(None, feed)
+    return with_ratios(interleaved(runs, rounds, "unet calls"), base="plain (unet)")
+
+
+def with_ratios(rows: dict[str, dict], base: str = "plain") -> dict[str, dict]:
+    plain = rows[base]["median_ms"]
     return {name: row | {"vs_plain": row["median_ms"] / plain} for name, row in rows.items()}
 
 
@@ -238,6 +269,15 @@ def markdown(figures: dict) -> str:
         lines.append(f"| {label} | {method} | {row['median_ms']:.0f} | {row['vs_plain']:.2f} | {served_cells} |")
     lines += [
         "",
+        "## One UNet call of a guided 1-image request (ms, median, in process)",
+        "",
+        "| call | ms | x plain unet |",
+        "| --- | --- | --- |",
+    ]
+    for name, row in figures["unet_calls"].items():
+        lines.append(f"| {name} | {row['median_ms']:.1f} | {row['vs_plain']:.2f} |")
+    lines += [
+        "",
         "## Computed cost per region at full-size shapes (per step of a guided request, 2 UNet samples)",
         "",
         "| model | UNet GFLOPs / sample | attention: extra GFLOPs / region / sample | attention: + per region | "
@@ -296,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = {name: (lambda r=request: attention.generate(r)) for name, request in named.items()}
     runs |= {f"composition, {name}": (lambda r=named[name]: composition.generate(r)) for name in ("2 regions", "4 regions")}
     figures["in_process"] = with_ratios(interleaved(runs, args.rounds, "in process"))
+    figures["unet_calls"] = unet_calls(attention.executor, 5 * args.rounds)
     if not args.no_served:
         options = RepoOptions(models=ModelParameters(intra_op_threads=args.threads))
         shutil.copytree(export.root, work / "served" / "export")
