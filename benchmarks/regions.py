@@ -117,6 +117,31 @@ class NoiseComposition(Executor):
         self.inner.release_lora(lora_id)
 
 
+class EarlyComposition(NoiseComposition):
+    """A hybrid, measured for placement: composition for the first `first_steps` UNet calls of a request,
+    region-aware cross-attention after them."""
+
+    def __init__(self, inner: Executor, first_steps: int):
+        super().__init__(inner)
+        self.first_steps = first_steps
+        self.calls = 0
+
+    def predict_noise(
+        self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, lora_id=None, regions=None
+    ):
+        self.calls += 1
+        if regions is None or self.calls <= self.first_steps:
+            return super().predict_noise(sample, timestep, encoder_hidden_states, text_embeds, time_ids, lora_id, regions)
+        return self.inner.predict_noise(sample, timestep, encoder_hidden_states, text_embeds, time_ids, lora_id, regions)
+
+    def acquire_lora(self, lora, regional=False):
+        self.calls = 0  # a new request
+        return self.inner.acquire_lora(lora, regional)
+
+    def release_lora(self, lora_id, regional=False):
+        self.inner.release_lora(lora_id, regional)
+
+
 def unet_flops(config: dict, size: int, regions: int) -> int:
     """FLOPs of one UNet sample at `size`x`size` pixels with `regions` region slots (0: plain attention)."""
     with torch.device("meta"):
@@ -218,18 +243,16 @@ def requests(steps: int) -> dict[str, GenerationRequest]:
     }
 
 
-def placement(attention: ConceptPipeline, composition: ConceptPipeline, seeds: int, steps: int) -> dict:
+def placement(pipelines: dict[str, ConceptPipeline], seeds: int, steps: int) -> dict:
     """Share of halves closer to their own concept's solo image than to the other's, per method."""
-    counts = {"no regions": [], "attention": [], "composition": []}
+    attention = pipelines["attention"]
+    counts: dict[str, list] = {"no regions": [], **{name: [] for name in pipelines}}
     regions = (Region("a photo of <joe>", box=(0, 0, 0.5, 1)), Region("a photo of <rex>", box=(0.5, 0, 1, 1)))
     for seed in tqdm(range(seeds), desc="placement", unit="seed"):
         request = GenerationRequest("a photo of <joe> and <rex>", steps=steps, seed=seed)
         solo = {name: attention.generate(replace(request, prompt=f"a photo of <{name}>")) for name in ("joe", "rex")}
-        images = {
-            "no regions": attention.generate(request),
-            "attention": attention.generate(replace(request, regions=regions)),
-            "composition": composition.generate(replace(request, regions=regions)),
-        }
+        images = {"no regions": attention.generate(request)}
+        images |= {name: pipeline.generate(replace(request, regions=regions)) for name, pipeline in pipelines.items()}
         for row, image in images.items():
             for half, own, other in ((slice(0, 32), "joe", "rex"), (slice(32, 64), "rex", "joe")):
                 d_own = (image[..., half] - solo[own][..., half]).abs().mean().item()
@@ -345,7 +368,14 @@ def main(argv: list[str] | None = None) -> dict:
                 client.add_concept(pack, replace=True)
             served_runs = {name: (lambda r=request: client.generate(r)) for name, request in named.items()}
             figures["served"] = with_ratios(interleaved(served_runs, args.rounds, "served"))
-    figures["placement"] = placement(attention, composition, args.placement_seeds, args.steps)
+    early = max(1, args.steps // 5)
+    hybrid = ConceptPipeline(
+        EarlyComposition(OrtExecutor(export, settings), early), tokenizers, ConceptRegistry(base.spec, packs),
+        export.deployment.limits,
+    )
+    figures["hybrid_first_steps"] = early
+    pipelines = {"attention": attention, "composition": composition, f"hybrid (composition first {early} steps)": hybrid}
+    figures["placement"] = placement(pipelines, args.placement_seeds, args.steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "regions.json").write_text(json.dumps(figures, indent=1))
