@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from clif_serve.bench.server_stats import difference, snapshot
+from clif_serve.bench.server_stats import difference, per_pipeline_request, snapshot
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.concepts.create import new_pack
 from clif_serve.contract.stages import UNET, VAE_DECODER
@@ -52,16 +52,6 @@ def timings(runs: dict[str, Callable[[], object]], count: int) -> dict[str, dict
             run()
             samples[name].append(1000 * (time.perf_counter() - started))
     return {name: LatencySummary.of(values).to_dict() for name, values in samples.items()}
-
-
-def breakdown(client: ClifClient, stages: list[str]) -> dict[str, dict[str, float]]:
-    """Mean queue and compute milliseconds per pipeline request, per model, over the server's life."""
-    figures = difference({}, snapshot(client, (PIPELINE_MODEL, *stages)))
-    requests = figures[PIPELINE_MODEL]["requests"]
-    return {
-        model: {"queue": row["queue_total_ms"] / requests, "compute": row["compute_infer_total_ms"] / requests}
-        for model, row in figures.items()
-    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -115,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
         figures.update(timings(runs, args.requests))
         stages = [*folder.spec.text_encoder_names, UNET, VAE_DECODER]
-        figures["served_breakdown_ms"] = breakdown(client, stages)
+        # Mean queue and compute ms per pipeline request at each model, over the server's life.
+        figures["served_breakdown_ms"] = per_pipeline_request(difference({}, snapshot(client, (PIPELINE_MODEL, *stages))))
 
     print(f"\nlatency of one {args.steps}-step 64x64 request (ms), {args.requests} requests after a warm-up:")
     for name in ("served", "in_process_onnxruntime"):

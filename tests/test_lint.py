@@ -32,7 +32,7 @@ def test_nothing_loads_from_a_model_hub():
 
 # What each package may import from clif_serve (lowest layers first); top-level modules (cli, demo,
 # local) compose everything. The deployment contract sits below export, runtime and serving.
-BASE = {"errors", "paths", "models"}
+BASE = {"errors", "paths", "tensor_files", "models"}
 ALLOWED = {
     "models": {"errors", "paths"},
     "lora": BASE,

@@ -35,6 +35,7 @@ from clif_serve.export.traces import StageTrace, stage_builders
 from clif_serve.export.weight_map import build_weight_map, holders, write_weight_map
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.loading import BaseModel, load_base_model
+from clif_serve.paths import staging_dir
 
 
 def _write_weight_map(stage: StageTrace, program, folder: Path, targets: list[str]) -> dict:
@@ -161,7 +162,7 @@ def export_model(
         import_tensorrt()  # fail before the long ONNX export, not after it
     out = Path(out_dir)
     _prepare_out(out, overwrite)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-staging-", dir=out.parent))
+    staging = staging_dir(out)
     try:
         stages = {}
         for name, build in tqdm(

@@ -6,4 +6,5 @@
   onnx        onnxruntime adapter files and loaded adapters for the `unet_lora` stage
   peft        peft adapters on a PyTorch UNet (the PyTorch executor, the `unet_lora` trace)
   refit       which weights a TensorRT engine must rewrite to switch LoRA sets
+  formats     LoRA files of diffusers, peft and kohya in, the diffusers LoRA file out
 """

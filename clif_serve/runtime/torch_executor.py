@@ -3,16 +3,20 @@
 The tokenizer and the embedding matrix are never touched per request: concept tokens reach the
 text encoder through the concept table (`ConceptTextEncoder`). LoRA sets are added to the UNet
 as named peft adapters once and switched per call; beyond `adapter_capacity` the least recently
-used adapter that no request holds is deleted from the UNet. The UNet's attention modules get the
-regional processors (`clif_serve.models.regional_attention`), which run diffusers' own attention
-unchanged unless a call carries regions.
+used adapter that no request holds is deleted from the UNet. The adapters live in the UNet, so
+every executor on one UNet shares one adapter cache and one lock (`_UnetState`). The UNet's
+attention modules get the regional processors (`clif_serve.models.regional_attention`), which run
+diffusers' own attention unchanged unless a call carries regions.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.peft import add_adapter
@@ -21,6 +25,27 @@ from clif_serve.models import regional_attention
 from clif_serve.models.concept_text_encoder import ConceptTextEncoder
 from clif_serve.models.loading import BaseModel
 from clif_serve.runtime.executor import Executor
+
+
+@dataclass
+class _UnetState:
+    """The lock that serialises a UNet's calls (adapter selection is UNet state) and its adapter cache."""
+
+    lock: threading.RLock
+    adapters: PinnedCache[str]
+
+
+_UNET_STATES: weakref.WeakKeyDictionary[nn.Module, _UnetState] = weakref.WeakKeyDictionary()
+_UNET_STATES_GUARD = threading.Lock()
+
+
+def _unet_state(unet: nn.Module, capacity: int) -> _UnetState:
+    with _UNET_STATES_GUARD:
+        state = _UNET_STATES.get(unet)
+        if state is None:
+            state = _UnetState(threading.RLock(), PinnedCache(capacity, drop=lambda lora_id, _: unet.delete_adapters(lora_id)))
+            _UNET_STATES[unet] = state
+        return state
 
 
 class TorchExecutor(Executor):
@@ -34,10 +59,10 @@ class TorchExecutor(Executor):
         self.text_encoders = [
             ConceptTextEncoder(module, spec) for module, spec in zip(base.text_encoders, base.spec.text_encoders, strict=True)
         ]
-        self._unet_lock = threading.RLock()
+        state = _unet_state(base.unet, adapter_capacity)
+        self._unet_lock, self._adapters = state.lock, state.adapters
         regional_attention.install(base.unet)
         self._levels = regional_attention.unet_levels(base.unet)
-        self._adapters: PinnedCache[str] = PinnedCache(adapter_capacity, drop=self._delete_adapter)
 
     def _to_device(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
         if tensor is None:
@@ -93,17 +118,13 @@ class TorchExecutor(Executor):
             with self._unet_lock:
                 self._adapters.release(lora_id)
 
-    def _delete_adapter(self, lora_id: str, _adapter: str) -> None:
-        self.base.unet.delete_adapters(lora_id)
-
     def _select_adapter(self, lora_id: str | None) -> None:
-        cached = self._adapters.keys()
-        if not cached:
+        if not self._adapters.keys():
             return
         if lora_id is None:
             self.base.unet.disable_adapters()
             return
-        if lora_id not in cached:
+        if lora_id not in self._adapters.keys():
             raise KeyError(f"LoRA {lora_id} is not held by this request (acquire_lora first)")
         self.base.unet.enable_adapters()
         self.base.unet.set_adapter(lora_id)

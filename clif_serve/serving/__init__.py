@@ -13,6 +13,7 @@ Modules (each with one job):
   concept_control  validated hot-load/remove in the shared concept store
   lora_adapters    onnxruntime LoRA adapters of `unet_lora`, built from the store's packs
   service          what `clif_pipeline` does with a request
+  context          `ModelContext`: name, config, typed parameters and folders of a Python-backend model
   backend_utils, stage_model, pipeline_model, concepts_model
                    thin Triton Python-backend adapters (importable only inside the stub)
   client           the gRPC client used by the CLI and by applications

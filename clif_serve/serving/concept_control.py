@@ -8,6 +8,8 @@ request (`clif_serve.concepts.sync.StoreSync`). A refused pack changes nothing.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from pathlib import Path
 
@@ -17,7 +19,14 @@ from clif_serve.contract.routing import LoraRouting
 from clif_serve.errors import InputError
 from clif_serve.models.spec import ModelSpec
 from clif_serve.paths import cache_dir
-from clif_serve.serving.protocol import ACTION_ADD, ACTION_LIST, ACTION_REMOVE, ACTIONS
+from clif_serve.serving.protocol import (
+    ACTION_ADD,
+    ACTION_LIST,
+    ACTION_REMOVE,
+    ACTIONS,
+    ConceptInfo,
+    ConceptsReply,
+)
 
 STORE_ENV = "CLIF_SERVE_CONCEPT_STORE"
 
@@ -75,13 +84,16 @@ class ConceptControl:
             raise
 
     def handle(
-        self, action: str, pack: bytes | None = None, name: str | None = None, replace: bool = False
-    ) -> dict:
+        self,
+        action: str,
+        pack: bytes | None = None,
+        pack_base64: str | None = None,
+        name: str | None = None,
+        replace: bool = False,
+    ) -> ConceptsReply:
         """Run one control action (add / remove / list) and describe the store afterwards."""
         if action == ACTION_ADD:
-            if pack is None:
-                raise InputError("pack", "is required for action 'add'")
-            changed = self.add(pack, replace=replace).name
+            changed = self.add(self._pack_bytes(pack, pack_base64), replace=replace).name
         elif action == ACTION_REMOVE:
             if name is None:
                 raise InputError("name", "is required for action 'remove'")
@@ -90,23 +102,37 @@ class ConceptControl:
             changed = None
         else:
             raise InputError("action", f"{action!r} is not one of {', '.join(ACTIONS)}")
-        return {"action": action, "concept": changed, "concepts": self.describe(), "version": self.version()}
+        return ConceptsReply(action=action, concept=changed, concepts=self.describe(), version=self.version())
 
-    def describe(self) -> list[dict]:
-        """The concepts in the store now: name, trigger, tokens, class word, whether a LoRA comes with it."""
+    def _pack_bytes(self, pack: bytes | None, pack_base64: str | None) -> bytes:
+        """The pack file's bytes, sent as they are (`pack`) or as base64 text (`pack_base64`)."""
+        if (pack is None) == (pack_base64 is None):
+            raise InputError("pack", "action 'add' takes the pack file as pack (bytes) or pack_base64 (text), one of them")
+        if pack is not None:
+            return pack
+        if len(pack_base64) > 4 * (self.max_pack_bytes // 3 + 1):
+            raise InputError("pack_base64", f"is {len(pack_base64)} characters, over the {self.max_pack_bytes}-byte limit")
+        try:
+            return base64.b64decode(pack_base64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InputError("pack_base64", f"is not base64 text ({exc})") from exc
+
+    def describe(self) -> tuple[ConceptInfo, ...]:
+        """The concepts in the store now: name, trigger, tokens, class word and LoRA set."""
         with self.sync.store.locked():
             self.sync.refresh()
             packs = [self.sync.registry.get(name) for name in self.sync.registry.names()]
-        return [
-            {
-                "name": p.name,
-                "trigger": p.trigger,
-                "tokens": list(p.tokens),
-                "class_word": p.class_word,
-                "lora": p.lora is not None,
-            }
+        return tuple(
+            ConceptInfo(
+                name=p.name,
+                trigger=p.trigger,
+                tokens=tuple(p.tokens),
+                class_word=p.class_word,
+                lora=p.lora is not None,
+                lora_set=lora_id_of(p),
+            )
             for p in packs
-        ]
+        )
 
     def version(self) -> str:
         """The store version after the last change seen."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
-from clif_serve.serving.backend_utils import error_response, inputs_of, model_context, response
+from clif_serve.serving.backend_utils import error_response, inputs_of, response
 from clif_serve.serving.concept_control import ConceptControl, resolve_store
+from clif_serve.serving.context import model_context
 from clif_serve.serving.protocol import CONCEPTS_INPUTS, RESULT_OUTPUT, decode_fields
 
 
@@ -30,10 +29,8 @@ class ConceptsModel:
         for request in requests:
             try:
                 inputs = inputs_of(request, [field.name for field in CONCEPTS_INPUTS])
-                result = self.control.handle(**decode_fields(inputs, CONCEPTS_INPUTS))
-                responses.append(
-                    response({RESULT_OUTPUT: np.array([json.dumps(result).encode()], dtype=np.object_)})
-                )
+                reply = self.control.handle(**decode_fields(inputs, CONCEPTS_INPUTS))
+                responses.append(response({RESULT_OUTPUT: np.array([reply.to_json()], dtype=np.object_)}))
             except Exception as exc:  # every request gets an answer; the model keeps serving
                 responses.append(error_response(exc))
         return responses

@@ -15,8 +15,8 @@ from clif_serve.errors import PackError
 from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.onnx import ActiveAdapter, load_adapter
 from clif_serve.lora.weights import LoraWeights
-from clif_serve.serving.backend_utils import ModelContext
 from clif_serve.serving.concept_control import resolve_store
+from clif_serve.serving.context import ModelContext
 
 
 class AdapterCache:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from clif_serve.serving.backend_utils import bls_call, error_response, inputs_of, model_context, response
+from clif_serve.serving.backend_utils import bls_call, error_response, inputs_of, response
+from clif_serve.serving.context import model_context
 from clif_serve.serving.protocol import IMAGES_OUTPUT, PIPELINE_INPUTS
 from clif_serve.serving.service import ServedPipeline
 

@@ -18,7 +18,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -29,7 +29,7 @@ PIPELINE_MODEL = "clif_pipeline"
 CONCEPTS_MODEL = "clif_concepts"
 
 IMAGES_OUTPUT = "images"  # UINT8 [N, H, W, 3]
-RESULT_OUTPUT = "result"  # BYTES [1]: JSON
+RESULT_OUTPUT = "result"  # BYTES [1]: a `ConceptsReply` as JSON
 
 # Control actions of `clif_concepts`.
 ACTION_ADD = "add"
@@ -71,16 +71,55 @@ PIPELINE_INPUTS = (
     Field(REGIONS_FIELD, "BYTES", dims=(-1,)),
 )
 REGION_UNITS = ("fractions", "pixels")
+# What the elements of a structured input hold, published in clif_pipeline's config as `format.<input>`.
+INPUT_FORMATS = {
+    REGIONS_FIELD: 'one UTF-8 JSON object per region: {"prompt": str, "box": [x0, y0, x1, y1], "units": '
+    '"fractions" (default) | "pixels"} or {"prompt": str, "mask": base64 of a one-channel PNG of the image size, '
+    "white inside}; at most limit.max_regions, inside the image, not overlapping (docs/regions.md)",
+}
 _REGION_KEYS = {"prompt", "box", "units", "mask"}
 PIPELINE_OUTPUTS = (Field(IMAGES_OUTPUT, "UINT8", optional=False, dims=(-1, -1, -1, 3)),)
 
 CONCEPTS_INPUTS = (
     Field("action", "BYTES", optional=False),
     Field("pack", "BYTES", binary=True),
+    # The same bytes as base64 text, for clients that send plain JSON over HTTP (no binary tensors).
+    Field("pack_base64", "BYTES"),
     Field("name", "BYTES"),
     Field("replace", "BOOL"),
 )
 CONCEPTS_OUTPUTS = (Field(RESULT_OUTPUT, "BYTES", optional=False),)
+
+
+@dataclass(frozen=True)
+class ConceptInfo:
+    """One concept of the store, as `clif_concepts` describes it."""
+
+    name: str
+    trigger: str  # e.g. "<joe>", what a prompt names
+    tokens: tuple[str, ...]  # the concept tokens the trigger expands to
+    class_word: str
+    lora: bool  # whether the pack carries a UNet LoRA
+    lora_set: str | None  # the LoRA set's content id (packs trained together share it)
+
+
+@dataclass(frozen=True)
+class ConceptsReply:
+    """The `result` of every `clif_concepts` action: the action, the concept it changed, the store after it."""
+
+    action: str
+    concept: str | None  # the name added or removed (None for list)
+    concepts: tuple[ConceptInfo, ...]  # every concept in the store now, by name
+    version: str  # the store version after the action (changes with every accepted add/remove)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ConceptsReply:
+        values = json.loads(data)
+        concepts = tuple(ConceptInfo(**{**c, "tokens": tuple(c["tokens"])}) for c in values.pop("concepts"))
+        return cls(concepts=concepts, **values)
 
 
 def decode_fields(inputs: Mapping[str, np.ndarray], fields: Sequence[Field]) -> dict[str, object]:

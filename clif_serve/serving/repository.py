@@ -13,7 +13,8 @@ of nvidia-pytriton can run); `onnxruntime` and `tensorrt` write native configs f
 tritonserver container. `clif_pipeline` and `clif_concepts` are Python-backend models always.
 Which stages are written follows the deployment's LoRA routing on the backend (`unet_lora` only
 where a request can reach it). Every Python-backend model gets the export manifest (the
-`Deployment`) and one typed `ModelParameters`. The repository is written to a temporary folder
+`Deployment`) and one typed `ModelParameters`; `clif_pipeline`'s config also publishes the request
+defaults and limits (`request_parameters`). The repository is written to a temporary folder
 next to `out` and renamed into place.
 """
 
@@ -21,15 +22,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from clif_serve.contract.folder import MANIFEST, ExportFolder, open_export
 from clif_serve.contract.stages import VAE_DECODER, tokenizer_dir_name
 from clif_serve.errors import InputError, ModelFolderError
+from clif_serve.paths import staging_dir
 from clif_serve.serving.configs import model_config, write_config
 from clif_serve.serving.options import RepoOptions
+from clif_serve.serving.parameters import request_parameters
 from clif_serve.serving.protocol import (
     CONCEPTS_INPUTS,
     CONCEPTS_MODEL,
@@ -116,14 +118,14 @@ class _Builder:
             _place(self.template / STAGE_TEMPLATE / MODEL_PY, target / MODEL_PY)
             _place(self.folder.root / MANIFEST, target / MANIFEST)
 
-    def python_model(self, name: str, inputs, outputs, instances: int | None = None) -> None:
+    def python_model(self, name: str, inputs, outputs, instances: int | None = None, published=None) -> None:
         config = model_config(
             self.template / name / "config.pbtxt",
             name,
             inputs,
             outputs,
             instances=instances,
-            parameters=self.parameters,
+            parameters={**self.parameters, **(published or {})},
         )
         write_config(config, self.root / name / "config.pbtxt")
         target = self.version_dir(name)
@@ -131,7 +133,13 @@ class _Builder:
         _place(self.folder.root / MANIFEST, target / MANIFEST)
 
     def pipeline(self) -> None:
-        self.python_model(PIPELINE_MODEL, PIPELINE_INPUTS, PIPELINE_OUTPUTS, self.options.pipeline_instances)
+        self.python_model(
+            PIPELINE_MODEL,
+            PIPELINE_INPUTS,
+            PIPELINE_OUTPUTS,
+            self.options.pipeline_instances,
+            published=request_parameters(self.deployment),
+        )
         for encoder in self.deployment.spec.text_encoder_names:
             name = tokenizer_dir_name(encoder)
             shutil.copytree(self.folder.root / name, self.version_dir(PIPELINE_MODEL) / name)
@@ -151,8 +159,7 @@ def build_repository(
     if target.exists() and not overwrite:
         raise InputError("out", f"{target} already exists (pass --force to replace it)")
     template = template_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_dir(target)
     try:
         builder = _Builder(folder, options, staging, template)
         for stage in builder.stages():

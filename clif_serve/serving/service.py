@@ -15,8 +15,8 @@ from clif_serve.concepts.sync import StoreSync
 from clif_serve.runtime.images import to_uint8
 from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.request import GenerationRequest
-from clif_serve.serving.backend_utils import ModelContext
 from clif_serve.serving.concept_control import resolve_store
+from clif_serve.serving.context import ModelContext
 from clif_serve.serving.protocol import PIPELINE_INPUTS, REGIONS_FIELD, decode_fields, decode_regions
 from clif_serve.serving.triton_executor import StageCall, TritonExecutor
 

@@ -7,7 +7,8 @@ names each request's LoRA set; a request without it (or with an empty one) runs 
 
 from __future__ import annotations
 
-from clif_serve.serving.backend_utils import error_response, inputs_of, model_context, response
+from clif_serve.serving.backend_utils import error_response, inputs_of, response
+from clif_serve.serving.context import model_context
 from clif_serve.serving.signatures import LORA_ID_INPUT
 from clif_serve.serving.stage_runner import StageRunner
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ from clif_serve.concepts.sync import StoreSync
 from clif_serve.contract.routing import LoraRouting
 from clif_serve.errors import InputError, PackError
 from clif_serve.serving.concept_control import ConceptControl, resolve_store
+from clif_serve.serving.protocol import ConceptsReply
 
 # A deployment without unet_lora: packs carrying a LoRA have no route.
 NO_LORA_STAGE = LoraRouting(merged_lora=None, has_unet_lora=False, adapters=False)
@@ -29,8 +31,9 @@ def test_hot_load_is_seen_by_every_sync_and_by_a_restart(tiny_base, packs, tmp_p
     control = ConceptControl(tmp_path, tiny_base.spec, 1 << 20, NO_LORA_STAGE)
     replica = StoreSync(tmp_path, tiny_base.spec)
     assert replica.refresh() and replica.registry.names() == []
-    result = control.handle("add", pack=pack_to_bytes(packs["joe"]))
-    assert result["concept"] == "joe" and [c["name"] for c in result["concepts"]] == ["joe"]
+    result = control.handle("add", pack_base64=base64.b64encode(pack_to_bytes(packs["joe"])).decode())
+    assert result.concept == "joe" and [c.name for c in result.concepts] == ["joe"]
+    assert ConceptsReply.from_json(result.to_json()) == result
     assert replica.refresh() and replica.registry.names() == ["joe"]
     assert not replica.refresh()  # nothing changed: one read of .version, no pack read
     control.add(pack_to_bytes(packs["rex"]))
@@ -76,6 +79,8 @@ def test_refused_changes_leave_the_store_untouched(tiny_base, tiny_xl_base, pack
         ),
         ("add", {"pack": lora_pack}, "unet"),
         ("add", {}, "pack"),
+        ("add", {"pack": b"x", "pack_base64": "eA=="}, "pack"),
+        ("add", {"pack_base64": "not base64!"}, "pack_base64"),
         ("remove", {"name": "nobody"}, "name"),
         ("remove", {"name": "../joe"}, "name"),
         ("remove", {}, "name"),

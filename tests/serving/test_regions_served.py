@@ -191,6 +191,12 @@ def test_raw_grpc_and_kserve_http_clients_send_regions(served, packs):
         "outputs": [{"name": IMAGES_OUTPUT}],
     }
     ports = served.server.ports
+    with urllib.request.urlopen(f"http://{ports.address}:{ports.http}/v2/models/{PIPELINE_MODEL}/config") as answer:
+        config = json.loads(answer.read())  # what a raw client finds out about the input
+    (entry,) = [tensor for tensor in config["input"] if tensor["name"] == "regions"]
+    assert (entry["data_type"], entry["dims"], entry["optional"]) == ("TYPE_STRING", ["-1"], True)
+    assert config["parameters"]["limit.max_regions"]["string_value"] == "4"
+    assert '"box": [x0, y0, x1, y1]' in config["parameters"]["format.regions"]["string_value"]
     url = f"http://{ports.address}:{ports.http}/v2/models/{PIPELINE_MODEL}/infer"
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as answer:

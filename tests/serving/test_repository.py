@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -30,6 +31,10 @@ def _parameters(config) -> ModelParameters:
 
 def test_python_repository_is_complete(tiny_export, tmp_path):
     repo = build_repository(tiny_export.root, tmp_path / "repo", RepoOptions(pipeline_instances=3))
+    umask = os.umask(0)
+    os.umask(umask)
+    for folder in (repo, tiny_export.root):  # as mkdir makes them (not mkdtemp's 0700): other users can read
+        assert folder.stat().st_mode & 0o777 == 0o777 & ~umask, folder
     assert sorted(p.name for p in repo.iterdir()) == sorted(
         [*STAGES, "unet_lora", "clif_pipeline", "clif_concepts"]
     )
