@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from clif_serve.cli.common import add_model_option
+from clif_serve.cli.common import add_key_options, add_model_option, client_from_args
 from clif_serve.errors import InputError
 
 
@@ -117,6 +117,7 @@ def _refuse_existing(paths, force: bool) -> None:
 
 def _add_url_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", required=True, metavar="HOST:PORT", help="gRPC endpoint of a clif-serve server")
+    add_key_options(parser)
 
 
 def _new(args: argparse.Namespace) -> int:
@@ -208,32 +209,35 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from clif_serve.serving.client import ClifClient
-
-    with ClifClient(args.url) as client:
+    with client_from_args(args) as client:
         result = client.add_concept(args.pack, replace=args.replace)
-    print(f"added {result['concept']}; the server has {len(result['concepts'])} concept(s)")
+    done = "added" if result["changed"] else "unchanged (the server already holds this exact pack):"
+    print(f"{done} {result['concept']}; the server has {len(result['concepts'])} concept(s)")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    from clif_serve.serving.client import ClifClient
-
-    with ClifClient(args.url) as client:
-        concepts = client.list_concepts()
+    with client_from_args(args) as client:
+        listing = client.store_listing()
     if args.json:
-        print(json.dumps(concepts, indent=2))
+        print(json.dumps(listing, indent=2))
         return 0
-    for concept in concepts:
+    for concept in listing["concepts"]:
         lora = "  (LoRA)" if concept["lora"] else ""
-        print(f"{concept['name']:<24} {concept['trigger']:<26} {' '.join(concept['tokens'])}{lora}")
+        tokens = " ".join(_printable(token) for token in concept["tokens"])
+        print(f"{_printable(concept['name']):<24} {_printable(concept['trigger']):<26} {tokens}{lora}")
+    for skipped in listing["skipped"]:
+        print(f"{_printable(skipped['name']):<24} SKIPPED: {_printable(skipped['reason'])}  (concepts remove deletes it)")
     return 0
 
 
-def _remove(args: argparse.Namespace) -> int:
-    from clif_serve.serving.client import ClifClient
+def _printable(text: str) -> str:
+    """Server text as one terminal-safe line (control characters escaped)."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
-    with ClifClient(args.url) as client:
+
+def _remove(args: argparse.Namespace) -> int:
+    with client_from_args(args) as client:
         result = client.remove_concept(args.name)
     print(f"removed {result['concept']}; the server has {len(result['concepts'])} concept(s)")
     return 0

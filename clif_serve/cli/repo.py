@@ -18,6 +18,7 @@ _MODEL_INTEGERS = {
     "intra_op_threads": "onnxruntime threads per python stage model (0 = one per core)",
     "max_pack_bytes": "largest concept pack accepted over gRPC, in bytes",
     "adapter_capacity": "LoRA adapters each unet_lora instance keeps built",
+    "max_concepts": "concepts the concept store may hold (hot-loads beyond it are refused)",
 }
 
 

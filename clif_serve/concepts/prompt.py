@@ -4,7 +4,8 @@
 tokenizer, and each trigger becomes its pack's tokens, numbered `vocab_size + row` where `row`
 is the row of *this sample's* table `[K, H]` holding that token's embedding. Tables of a batch
 are zero-padded to the same `K >= 1` (ONNX Runtime's Gather cannot take an empty table).
-Prompts longer than the text encoder's window are refused, never silently truncated.
+Prompts longer than the text encoder's window are refused, never silently truncated. A literal
+`<word>` that is no trigger is written `\\<word>`: the backslash is dropped and `<word>` stays text.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from clif_serve.concepts.pack import ConceptPack
 from clif_serve.errors import InputError
 from clif_serve.models.spec import ModelSpec, TextEncoderSpec
 
-TRIGGER_IN_TEXT = re.compile(r"<[A-Za-z0-9_-]+>")
+TRIGGER_IN_TEXT = re.compile(r"\\?<[A-Za-z0-9_-]+>")
+ESCAPE = "\\"  # a backslash before a trigger makes it text: \<word> is the text <word>
 
 
 @dataclass(frozen=True)
@@ -62,18 +64,31 @@ def split_prompt(
     prompt: str, concepts: Mapping[str, ConceptPack], field: str, label: str = ""
 ) -> list[str | ConceptPack]:
     """Split a prompt into text pieces and the packs of its triggers; unknown triggers are an error
-    naming `field` (the message starts with `label`)."""
+    naming `field` (the message starts with `label`).
+
+    Text and packs alternate, text first and last; an escaped trigger (`\\<word>`) stays text.
+    """
     pieces: list[str | ConceptPack] = []
+    text: list[str] = []
     position = 0
     for match in TRIGGER_IN_TEXT.finditer(prompt):
-        trigger = match.group(0)
-        if trigger not in concepts:
-            known = ", ".join(sorted(concepts)) or "none loaded"
-            raise InputError(field, f"{label}unknown concept {trigger}; known concepts: {known}")
-        pieces.append(prompt[position : match.start()])
-        pieces.append(concepts[trigger])
+        found = match.group(0)
+        text.append(prompt[position : match.start()])
         position = match.end()
-    pieces.append(prompt[position:])
+        if found.startswith(ESCAPE):
+            text.append(found[len(ESCAPE) :])
+            continue
+        if found not in concepts:
+            known = ", ".join(sorted(concepts)) or "none loaded"
+            raise InputError(
+                field,
+                f"{label}unknown concept {found}; known concepts: {known} (write \\{found} for the text {found})",
+            )
+        pieces.append("".join(text))
+        pieces.append(concepts[found])
+        text = []
+    text.append(prompt[position:])
+    pieces.append("".join(text))
     return pieces
 
 

@@ -4,6 +4,8 @@ Executors keep one built adapter per LoRA set (an onnxruntime adapter, a peft ad
 UNet) keyed by the set's content id. Beyond `capacity`, the least recently used entry that no
 request holds is dropped; an entry a request holds is never dropped under it, so eviction never
 fails or alters a request in flight (the cache may exceed its capacity while every entry is held).
+With capacity 0 an entry lives exactly as long as somebody pins it: counted pins of a resource
+(the served pipeline holds its requests' pins of stored LoRA sets this way).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ class PinnedCache(Generic[Value]):
     """Values by key, built on first use, least recently used unpinned ones dropped beyond `capacity`."""
 
     def __init__(self, capacity: int, drop: Callable[[str, Value], None] | None = None):
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
         self.capacity = capacity
         self._drop = drop
         self._values: OrderedDict[str, Value] = OrderedDict()

@@ -61,6 +61,9 @@ class ConceptPipeline:
             texts.append(request.negative_prompt or "")
             fields.append("negative_prompt")
             labels.append("")
+        elif request.negative_prompt is not None:
+            # Unused without guidance, but a bad negative prompt is refused all the same.
+            self.prompt_encoder.encode([request.negative_prompt], concepts, ["negative_prompt"])
         for index, region in enumerate(request.regions):
             texts.append(region.prompt)
             fields.append(REGIONS_FIELD)

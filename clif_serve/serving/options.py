@@ -40,6 +40,7 @@ class RepoOptions:
             "stage_instances": (self.stage_instances, 1),
             "max_pack_bytes": (self.models.max_pack_bytes, 1),
             "adapter_capacity": (self.models.adapter_capacity, 1),
+            "max_concepts": (self.models.max_concepts, 1),
             "text_encoder_delay_us": (self.text_encoder_delay_us, 0),
             "unet_delay_us": (self.unet_delay_us, 0),
             "intra_op_threads": (self.models.intra_op_threads, 0),

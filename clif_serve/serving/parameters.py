@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, get_type_hints
 
-from clif_serve.concepts.limits import DEFAULT_MAX_PACK_BYTES
+from clif_serve.concepts.limits import DEFAULT_MAX_CONCEPTS, DEFAULT_MAX_PACK_BYTES
 from clif_serve.contract.folder import ONNX_FILE
 from clif_serve.errors import ModelFolderError
 
@@ -46,8 +46,10 @@ class ModelParameters:
     lora_adapters: bool = True
     # LoRA adapters a unet_lora instance keeps built (least recently used dropped first).
     adapter_capacity: int = 16
-    # Largest concept pack `clif_concepts` accepts, in bytes.
+    # Largest concept pack `clif_concepts` accepts (and every model reads from the store), in bytes.
     max_pack_bytes: int = DEFAULT_MAX_PACK_BYTES
+    # Concepts the store may hold (hot-loads beyond it are refused naming `store`).
+    max_concepts: int = DEFAULT_MAX_CONCEPTS
 
     def to_config(self) -> dict[str, str]:
         """As Triton config parameters (strings)."""

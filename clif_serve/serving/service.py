@@ -1,7 +1,8 @@
 """What `clif_pipeline` does with a request: decode fields, sync concepts, run ConceptPipeline.
 
 The pipeline is the in-process `ConceptPipeline` over a `TritonExecutor`, so served and
-in-process generation share the prompt expansion, the validation and THE sampling loop.
+in-process generation share the prompt expansion, the validation and THE sampling loop. A
+request keeps the registry snapshot it started with, and pins its LoRA set in the store.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class ServedPipeline:
         folder = context.folder()
         deployment = folder.deployment
         store = resolve_store(context.parameters.concept_store, context.repo_root, deployment.spec)
-        self.store = StoreSync(store, deployment.spec)
-        executor = TritonExecutor(deployment, call, deployment.routing(context.parameters.lora_adapters))
+        self.store = StoreSync(store, deployment.spec, max_pack_bytes=context.parameters.max_pack_bytes)
+        routing = deployment.routing(context.parameters.lora_adapters)
+        executor = TritonExecutor(deployment, call, routing, pin=self.store.store.pin_lora)
         self.pipeline = ConceptPipeline(executor, folder.tokenizers(), self.store.registry, deployment.limits)
 
     def handle(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:

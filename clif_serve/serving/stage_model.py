@@ -3,6 +3,8 @@
 The stage is the model's name; its tensors are the deployment's stage signature (the manifest
 `clif-serve repo` copied next to model.py). `unet_lora` with adapters also takes `lora_id`, which
 names each request's LoRA set; a request without it (or with an empty one) runs without adapter.
+Every request is checked alone (`StageRequestCheck`) before it joins the batch's onnxruntime run,
+so a bad request fails alone and its batch-mates are answered.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from clif_serve.serving.backend_utils import error_response, inputs_of, response
 from clif_serve.serving.context import model_context
 from clif_serve.serving.signatures import LORA_ID_INPUT
+from clif_serve.serving.stage_requests import StageRequestCheck
 from clif_serve.serving.stage_runner import StageRunner
 
 
@@ -18,15 +21,17 @@ class StageModel:
 
     def initialize(self, args: dict) -> None:
         context = model_context(args)
-        signature = context.folder().deployment.signature(context.name)
+        deployment = context.folder().deployment
+        signature = deployment.signature(context.name)
         served = {entry["name"] for entry in context.config["input"]}
-        self.takes_lora_id = LORA_ID_INPUT in served
+        takes_lora_id = LORA_ID_INPUT in served
         adapters = None
-        if self.takes_lora_id:
+        if takes_lora_id:
             from clif_serve.serving.lora_adapters import adapter_cache
 
             adapters = adapter_cache(context).run_options
-        self.input_names = signature.input_names
+        self.input_names = [*signature.input_names, *([LORA_ID_INPUT] if takes_lora_id else [])]
+        self.check = StageRequestCheck(deployment, context.name, LORA_ID_INPUT if takes_lora_id else None)
         self.runner = StageRunner(
             context.version_dir / context.parameters.model_file,
             signature.input_names,
@@ -35,17 +40,18 @@ class StageModel:
             adapter_options=adapters,
         )
 
-    def _adapter(self, request) -> str | None:
-        value = inputs_of(request, [LORA_ID_INPUT]).get(LORA_ID_INPUT)
-        if value is None:
-            return None
-        return value.reshape(-1)[0].decode() or None
-
     def execute(self, requests):
-        feeds = [inputs_of(request, self.input_names) for request in requests]
-        adapters = [self._adapter(request) for request in requests] if self.takes_lora_id else None
-        results = self.runner.run(feeds, adapters)
-        return [
-            error_response(result) if isinstance(result, Exception) else response(result)
-            for result in results
-        ]
+        responses: list = [None] * len(requests)
+        feeds, adapters, members = [], [], []
+        for index, request in enumerate(requests):
+            try:
+                feed, adapter = self.check(inputs_of(request, self.input_names))
+            except Exception as exc:  # this request alone fails; the batch runs without it
+                responses[index] = error_response(exc)
+                continue
+            feeds.append(feed)
+            adapters.append(adapter)
+            members.append(index)
+        for index, result in zip(members, self.runner.run(feeds, adapters), strict=True):
+            responses[index] = error_response(result) if isinstance(result, Exception) else response(result)
+        return responses

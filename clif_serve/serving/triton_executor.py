@@ -4,12 +4,15 @@ Each stage call goes through a `StageCall` (inside Triton: a BLS request, see
 `backend_utils.bls_call`), so concurrent pipeline instances' calls meet in the stage models'
 dynamic batchers. Tensor names come from the deployment's stage signatures; concept tables are
 zero-padded to the deployment's fixed row count; the UNet stage and adapter of each request
-come from its LoRA routing.
+come from its LoRA routing. A request on an adapter route pins its LoRA set for its whole run
+(`pin`: `ConceptStore.pin_lora` in the server), so the stage model can load the set the request
+started with even if its pack is removed or replaced meanwhile.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -18,6 +21,7 @@ from clif_serve.contract.deployment import Deployment
 from clif_serve.contract.routing import LoraRouting
 from clif_serve.contract.stages import VAE_DECODER
 from clif_serve.errors import InputError
+from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
 from clif_serve.runtime.stage_inputs import unet_inputs
@@ -25,6 +29,14 @@ from clif_serve.serving.signatures import LORA_ID_INPUT
 
 # (model name, inputs by name, output names) -> outputs by name
 StageCall = Callable[[str, Mapping[str, np.ndarray], tuple[str, ...]], Mapping[str, np.ndarray]]
+
+
+class Pin(Protocol):
+    def release(self) -> None: ...
+
+
+# A LoRA set -> a pin that keeps it loadable by the stage models until released
+LoraPinner = Callable[[LoraWeights], Pin]
 
 
 def _array(tensor: torch.Tensor, dtype=np.float32) -> np.ndarray:
@@ -47,11 +59,14 @@ def pad_concept_table(table: torch.Tensor, rows: int) -> torch.Tensor:
 class TritonExecutor(Executor):
     """Runs the text encoders, UNet and VAE decoder as calls to the repository's stage models."""
 
-    def __init__(self, deployment: Deployment, call: StageCall, routing: LoraRouting):
+    def __init__(self, deployment: Deployment, call: StageCall, routing: LoraRouting, pin: LoraPinner | None = None):
         self.deployment = deployment
         self.spec = deployment.spec
         self.call = call
         self.routing = routing
+        self.pin = pin
+        # Counted pins: held exactly while some request uses the set (capacity 0 keeps none unheld).
+        self._pins: PinnedCache[Pin] = PinnedCache(0, drop=lambda _set_id, pin: pin.release())
 
     def _call(self, stage: str, tensors: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
         outputs = self.deployment.signature(stage).output_names
@@ -87,10 +102,16 @@ class TritonExecutor(Executor):
         return images
 
     def acquire_lora(self, lora: LoraWeights | None, regional: bool = False) -> str | None:
-        """The request's LoRA set id, once its route is known (the stage model holds the adapter)."""
+        """The request's LoRA set id, once its route is known; an adapter route pins the set until release."""
         lora_id = None if lora is None else lora.set_id
-        self.routing.validate(lora_id, regional=regional)
+        route = self.routing.route(lora_id, regional=regional)
+        if route.adapter is not None and self.pin is not None:
+            self._pins.acquire(route.adapter, lambda: self.pin(lora))
         return lora_id
 
     def release_lora(self, lora_id: str | None, regional: bool = False) -> None:
-        """Nothing is held here: the `unet_lora` stage model keeps the adapters."""
+        """Drop the request's pin of its LoRA set (if it took one)."""
+        if lora_id is None or self.pin is None:
+            return
+        if self.routing.route(lora_id, regional=regional).adapter is not None:
+            self._pins.release(lora_id)

@@ -9,6 +9,7 @@ import io
 import json
 import threading
 import urllib.request
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -127,6 +128,59 @@ def test_bad_regions_are_refused_naming_regions(served, packs, label):
     assert refused.value.field == "regions", refused.value
 
 
+def test_bad_regions_fail_alone_while_batch_mates_succeed(served, packs):
+    """Bad `regions` inputs (decoded badly, or refused by the region checks) sent raw while regional and plain
+    clients generate: each bad one is INVALID_ARGUMENT naming `regions`, every good request succeeds and
+    gets the image it gets alone."""
+    _ensure(served.client, packs["joe"], packs["rex"])
+    good = [
+        GenerationRequest("<joe> and <rex>", steps=3, seed=5, regions=(Region("<joe>", box=LEFT), Region("<rex>", box=RIGHT))),
+        GenerationRequest("a photo of <joe>", steps=3, seed=5),
+    ]
+    expected = [served.client.generate(request) for request in good]
+    bad = [MALFORMED["not-json"], MALFORMED["mask-rgb"]] + [
+        np.array([_element({"prompt": "<joe>", "box": box}) for box in boxes], np.object_)
+        for boxes in ([[0, 0, 0.7, 1], [0.5, 0, 1, 1]], [[0, 0, 2, 1]], [[i / 5, 0, (i + 1) / 5, 1] for i in range(5)])
+    ]
+    stop, failures, images, refusals = threading.Event(), [], [], []
+
+    def client_loop(index: int) -> None:
+        with ClifClient(served.server.grpc_url) as client:
+            for _ in range(2):
+                try:
+                    images.append((index % 2, client.generate(good[index % 2])))
+                except Exception as exc:  # counted: none may fail
+                    failures.append(repr(exc))
+
+    def attacker() -> None:
+        with grpcclient.InferenceServerClient(served.server.grpc_url) as raw:
+            while not stop.is_set():
+                for regions in bad:
+                    inputs = [_raw_input("prompt", np.array([b"<joe> and <rex>"], np.object_)), _raw_input("regions", regions)]
+                    inputs.append(_raw_input("steps", np.array([3], np.int32)))
+                    try:
+                        raw.infer(PIPELINE_MODEL, inputs)
+                        refusals.append(("accepted", ""))
+                    except InferenceServerException as exc:
+                        refusals.append((exc.status(), exc.message()))
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(4)]
+    bad_thread = threading.Thread(target=attacker)
+    bad_thread.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    stop.set()
+    bad_thread.join(timeout=60)
+    assert failures == [] and len(images) == 8
+    for index, image in images:
+        assert _max_diff(image, expected[index]) <= 1
+    assert len(refusals) >= len(bad)
+    for status, message in refusals:
+        assert status == "StatusCode.INVALID_ARGUMENT" and "regions" in message, (status, message)
+
+
 def _png_b64(array: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
@@ -165,14 +219,17 @@ def test_malformed_regions_tensors_are_invalid_argument_naming_regions(served, l
         assert ok.as_numpy(IMAGES_OUTPUT).shape == (1, 64, 64, 3)  # the server keeps serving
 
 
-def test_raw_grpc_and_kserve_http_clients_send_regions(served, packs):
-    """What docs/regions.md shows: JSON elements over gRPC with tritonclient, and over KServe-v2 HTTP."""
-    _ensure(served.client, packs["joe"], packs["rex"])
+def test_raw_grpc_and_kserve_http_clients_send_regions(served, packs, tiny_export):
+    """What docs/regions.md shows: JSON elements over gRPC with tritonclient, and over KServe-v2 HTTP; both
+    images equal the in-process (ONNX Runtime) image of the same regional request."""
+    joe, rex = packs["joe"], packs["rex"]
+    _ensure(served.client, joe, rex)
     regions = [{"prompt": "<joe>", "box": [0, 0, 0.5, 1]}, {"prompt": "<rex>", "box": [32, 0, 64, 64], "units": "pixels"}]
-    expected = served.client.generate(
-        GenerationRequest("<joe> and <rex>", steps=3, seed=4,
-                          regions=(Region("<joe>", box=LEFT), Region("<rex>", box=(32, 0, 64, 64), pixels=True)))
+    in_process = GenerationRequest(
+        "<joe> and <rex>", steps=3, seed=4, regions=(Region("<joe>", box=LEFT), Region("<rex>", box=(32, 0, 64, 64), pixels=True))
     )
+    expected = _ort_images(tiny_export, [joe, rex], in_process)
+    assert _max_diff(expected, _ort_images(tiny_export, [joe, rex], replace(in_process, regions=()))) > 0
     with grpcclient.InferenceServerClient(served.server.grpc_url) as raw:
         inputs = [
             _raw_input("prompt", np.array([b"<joe> and <rex>"], np.object_)),

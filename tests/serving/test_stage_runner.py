@@ -60,15 +60,13 @@ def test_requests_of_other_shapes_or_adapters_run_apart(tiny_export):
 
 
 def test_lora_adapter_requests_get_their_adapter(tiny_export, tiny_base, packs, tmp_path):
-    from clif_serve.concepts.pack import pack_to_bytes
-    from clif_serve.concepts.sync import StoreSync
-    from clif_serve.serving.concept_control import ConceptControl
+    from clif_serve.concepts.store import ConceptStore
     from clif_serve.serving.lora_adapters import AdapterCache
 
     pack = packs["ann_lora"]
-    routing = tiny_export.deployment.routing(adapters=True)
-    ConceptControl(tmp_path, tiny_base.spec, 1 << 24, routing).add(pack_to_bytes(pack))
-    cache = AdapterCache(StoreSync(tmp_path, tiny_base.spec))
+    store = ConceptStore(tmp_path)
+    pin = store.pin_lora(pack.lora)  # what the pipeline does before a request's first UNet call
+    cache = AdapterCache(store, tiny_base.spec)
     stage = _runner(tiny_export, UNET_LORA, adapter_options=cache.run_options)
     plain = _runner(tiny_export, UNET)
     rng = np.random.default_rng(2)
@@ -82,6 +80,7 @@ def test_lora_adapter_requests_get_their_adapter(tiny_export, tiny_base, packs, 
     np.testing.assert_allclose(without["noise_pred"], plain.run([feed])[0]["noise_pred"], atol=1e-5)
     assert np.abs(with_lora["noise_pred"] - without["noise_pred"]).max() > 1e-3
     assert isinstance(stage.run([lora_feed], adapters=["0" * 16])[0], Exception)  # unknown set: refused alone
+    pin.release()
 
 
 def _regions(rng, count: int, slots: int = 4, size: int = 32) -> dict[str, np.ndarray]:
