@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 import urllib.request
 from dataclasses import replace
 
@@ -22,7 +21,15 @@ from clif_serve.runtime.regions import Region
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.client import ClifClient
 from clif_serve.serving.protocol import IMAGES_OUTPUT, PIPELINE_MODEL
-from tests.serving.test_server import _ensure, _max_diff, _ort_images, _raw_input, _stats, _torch_images
+from tests.serving.test_server import (
+    _ensure,
+    _max_diff,
+    _ort_images,
+    _raw_input,
+    _torch_images,
+    answers_while_clients_run,
+    generate_together,
+)
 
 LEFT, RIGHT = (0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)
 PROMPT = "a photo of <joe> walking <rex> on the beach"
@@ -74,31 +81,7 @@ def test_regional_and_plain_requests_share_stage_batches(served, packs):
         "plain": GenerationRequest("a photo of <joe>", steps=4, seed=2),
     }
     expected = {name: served.client.generate(request) for name, request in requests.items()}
-    before = {model: _stats(served.client, model) for model in ("text_encoder", "unet_lora")}
-    barrier, results, errors = threading.Barrier(len(requests)), {}, []
-
-    def client_loop(name: str) -> None:
-        with ClifClient(served.server.grpc_url) as client:
-            for _ in range(3):
-                barrier.wait(timeout=60)
-                try:
-                    results.setdefault(name, []).append(client.generate(requests[name]))
-                except Exception as exc:  # reported below
-                    errors.append(exc)
-
-    threads = [threading.Thread(target=client_loop, args=(name,)) for name in requests]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=240)
-    assert not errors and all(len(results[name]) == 3 for name in requests)
-    merged = {}
-    for model, counts in before.items():
-        after = _stats(served.client, model)
-        merged[model] = {
-            size: after[size] - counts.get(size, 0) for size in after if size > 2 and after[size] > counts.get(size, 0)
-        }
-    print(f"\nexecutions by batch size > 2 (each request sends 2 samples): {merged}")
+    results, merged = generate_together(served, requests, ("text_encoder", "unet_lora"))
     # Only the regional and the plain-LoRA client reach unet_lora: a batch of more than 2 samples there
     # holds one request of each (Triton batches requests that send the same inputs: both send lora_id).
     assert merged["text_encoder"] and merged["unet_lora"], merged
@@ -142,7 +125,7 @@ def test_bad_regions_fail_alone_while_batch_mates_succeed(served, packs):
         np.array([_element({"prompt": "<joe>", "box": box}) for box in boxes], np.object_)
         for boxes in ([[0, 0, 0.7, 1], [0.5, 0, 1, 1]], [[0, 0, 2, 1]], [[i / 5, 0, (i + 1) / 5, 1] for i in range(5)])
     ]
-    stop, failures, images, refusals = threading.Event(), [], [], []
+    failures, images = [], []
 
     def client_loop(index: int) -> None:
         with ClifClient(served.server.grpc_url) as client:
@@ -152,27 +135,9 @@ def test_bad_regions_fail_alone_while_batch_mates_succeed(served, packs):
                 except Exception as exc:  # counted: none may fail
                     failures.append(repr(exc))
 
-    def attacker() -> None:
-        with grpcclient.InferenceServerClient(served.server.grpc_url) as raw:
-            while not stop.is_set():
-                for regions in bad:
-                    inputs = [_raw_input("prompt", np.array([b"<joe> and <rex>"], np.object_)), _raw_input("regions", regions)]
-                    inputs.append(_raw_input("steps", np.array([3], np.int32)))
-                    try:
-                        raw.infer(PIPELINE_MODEL, inputs)
-                        refusals.append(("accepted", ""))
-                    except InferenceServerException as exc:
-                        refusals.append((exc.status(), exc.message()))
-
-    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(4)]
-    bad_thread = threading.Thread(target=attacker)
-    bad_thread.start()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    stop.set()
-    bad_thread.join(timeout=60)
+    prompt, steps = np.array([b"<joe> and <rex>"], np.object_), np.array([3], np.int32)
+    raw = [(PIPELINE_MODEL, {"prompt": prompt, "steps": steps, "regions": regions}) for regions in bad]
+    refusals = [answer[1:] for answer in answers_while_clients_run(served, client_loop, 4, raw)]
     assert failures == [] and len(images) == 8
     for index, image in images:
         assert _max_diff(image, expected[index]) <= 1

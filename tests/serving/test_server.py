@@ -321,43 +321,44 @@ def _stats(client: ClifClient, model: str) -> dict[int, int]:
     }
 
 
-def test_requests_with_different_concepts_share_batches(served, packs, tiny_export):
-    """Four clients, four different concepts, sent together: the stage batchers merge them."""
-    names = ("joe", "rex", "kim", "max")
-    _ensure(served.client, *(packs[name] for name in names))
-    before = {model: _stats(served.client, model) for model in ("text_encoder", "unet")}
-    expected = {
-        name: served.client.generate(GenerationRequest(f"a photo of <{name}>", steps=4, seed=2))
-        for name in names
-    }
-    barrier, results, errors = threading.Barrier(len(names)), {}, []
+def generate_together(served, requests: dict[str, GenerationRequest], models: tuple[str, ...], rounds: int = 3):
+    """Each request from its own client, all sent together `rounds` times; returns the images by name and,
+    per stage model, the executions of batches of more than 2 samples this ran (a request sends 2)."""
+    before = {model: _stats(served.client, model) for model in models}
+    barrier, results, errors = threading.Barrier(len(requests)), {}, []
 
     def client_loop(name: str) -> None:
         with ClifClient(served.server.grpc_url) as client:
-            for _ in range(3):
+            for _ in range(rounds):
                 barrier.wait(timeout=60)
                 try:
-                    results.setdefault(name, []).append(
-                        client.generate(GenerationRequest(f"a photo of <{name}>", steps=4, seed=2))
-                    )
+                    results.setdefault(name, []).append(client.generate(requests[name]))
                 except Exception as exc:  # reported below
                     errors.append(exc)
 
-    threads = [threading.Thread(target=client_loop, args=(name,)) for name in names]
+    threads = [threading.Thread(target=client_loop, args=(name,)) for name in requests]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=240)
-    assert not errors and all(len(results[name]) == 3 for name in names)
+    assert not errors and all(len(results[name]) == rounds for name in requests), errors
     merged = {}
     for model, counts in before.items():
         after = _stats(served.client, model)
         merged[model] = {
-            size: after[size] - counts.get(size, 0)
-            for size in after
-            if size > 2 and after[size] > counts.get(size, 0)
+            size: after[size] - counts.get(size, 0) for size in after if size > 2 and after[size] > counts.get(size, 0)
         }
     print(f"\nexecutions by batch size > 2 (each request sends 2 samples): {merged}")
+    return results, merged
+
+
+def test_requests_with_different_concepts_share_batches(served, packs, tiny_export):
+    """Four clients, four different concepts, sent together: the stage batchers merge them."""
+    names = ("joe", "rex", "kim", "max")
+    _ensure(served.client, *(packs[name] for name in names))
+    requests = {name: GenerationRequest(f"a photo of <{name}>", steps=4, seed=2) for name in names}
+    expected = {name: served.client.generate(request) for name, request in requests.items()}
+    results, merged = generate_together(served, requests, ("text_encoder", "unet"))
     # Every request contributes 2 samples (classifier-free guidance): a batch of more than 2 samples
     # holds requests of different clients, and every client uses a different concept.
     assert merged["text_encoder"] and merged["unet"], merged
@@ -461,6 +462,34 @@ def _raw_stage_requests(export) -> list[tuple[str, dict[str, np.ndarray], str]]:
     ]
 
 
+def answers_while_clients_run(served, client_loop, clients: int, raw_requests: list) -> list[tuple[int, str, str]]:
+    """Run `client_loop(index)` in `clients` threads while one raw gRPC client keeps sending `raw_requests`
+    ((model, inputs by name) pairs); returns (index in raw_requests, status, message) of every answer,
+    status "accepted" for one that was not refused."""
+    stop, answers = threading.Event(), []
+
+    def attacker() -> None:
+        with grpcclient.InferenceServerClient(served.server.grpc_url) as raw:
+            while not stop.is_set():
+                for index, (model, inputs) in enumerate(raw_requests):
+                    try:
+                        raw.infer(model, [_raw_input(name, value) for name, value in inputs.items()])
+                        answers.append((index, "accepted", ""))
+                    except InferenceServerException as exc:
+                        answers.append((index, exc.status(), exc.message()))
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
+    bad = threading.Thread(target=attacker)
+    bad.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    stop.set()
+    bad.join(timeout=60)
+    return answers
+
+
 def test_bad_stage_requests_fail_alone(served, packs, tiny_export):
     """Bad raw requests to every stage model while 8 clients generate: every good request succeeds.
 
@@ -473,7 +502,7 @@ def test_bad_stage_requests_fail_alone(served, packs, tiny_export):
         {"prompt": "<ann_lora> in a garden"},
         {"prompt": "<joe> and <ann_lora>", "regions": regions},
     ]
-    stop, failures, good, refusals = threading.Event(), [], [], []
+    failures, good = [], []
 
     def client_loop(index: int) -> None:
         with ClifClient(served.server.grpc_url) as client:
@@ -484,25 +513,9 @@ def test_bad_stage_requests_fail_alone(served, packs, tiny_export):
                 except Exception as exc:  # counted: none may fail
                     failures.append(repr(exc))
 
-    def attacker() -> None:
-        with grpcclient.InferenceServerClient(served.server.grpc_url) as raw:
-            while not stop.is_set():
-                for model, inputs, tensor in _raw_stage_requests(tiny_export):
-                    try:
-                        raw.infer(model, [_raw_input(name, value) for name, value in inputs.items()])
-                        refusals.append((model, tensor, "accepted"))
-                    except InferenceServerException as exc:
-                        refusals.append((model, tensor, exc.status(), exc.message()))
-
-    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(8)]
-    bad = threading.Thread(target=attacker)
-    bad.start()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    stop.set()
-    bad.join(timeout=60)
+    bad = _raw_stage_requests(tiny_export)
+    answers = answers_while_clients_run(served, client_loop, 8, [(model, inputs) for model, inputs, _ in bad])
+    refusals = [(bad[index][0], bad[index][2], status, message) for index, status, message in answers]
     print(f"\n{len(good)} good requests, {len(failures)} failed, {len(refusals)} bad stage requests refused")
     assert failures == [] and len(good) == 24
     assert len(refusals) >= len(_raw_stage_requests(tiny_export))
