@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import urllib.request
 from dataclasses import replace
 
 import numpy as np
@@ -21,6 +20,7 @@ from clif_serve.runtime.regions import Region
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.client import ClifClient
 from clif_serve.serving.protocol import IMAGES_OUTPUT, PIPELINE_MODEL
+from tests.serving.test_http_json import _http
 from tests.serving.test_server import (
     _ensure,
     _max_diff,
@@ -212,17 +212,12 @@ def test_raw_grpc_and_kserve_http_clients_send_regions(served, packs, tiny_expor
         ],
         "outputs": [{"name": IMAGES_OUTPUT}],
     }
-    ports = served.server.ports
-    with urllib.request.urlopen(f"http://{ports.address}:{ports.http}/v2/models/{PIPELINE_MODEL}/config") as answer:
-        config = json.loads(answer.read())  # what a raw client finds out about the input
+    config = _http(served, f"/v2/models/{PIPELINE_MODEL}/config")  # what a raw client finds out about the input
     (entry,) = [tensor for tensor in config["input"] if tensor["name"] == "regions"]
     assert (entry["data_type"], entry["dims"], entry["optional"]) == ("TYPE_STRING", ["-1"], True)
     assert config["parameters"]["limit.max_regions"]["string_value"] == "4"
     assert '"box": [x0, y0, x1, y1]' in config["parameters"]["format.regions"]["string_value"]
-    url = f"http://{ports.address}:{ports.http}/v2/models/{PIPELINE_MODEL}/infer"
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as answer:
-        output = json.loads(answer.read())["outputs"][0]
+    (output,) = _http(served, f"/v2/models/{PIPELINE_MODEL}/infer", body)["outputs"]
     assert output["shape"] == [1, 64, 64, 3]
     assert _max_diff(np.array(output["data"], np.uint8).reshape(output["shape"]), expected) == 0
 
