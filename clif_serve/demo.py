@@ -3,7 +3,8 @@
     python -m clif_serve.demo [--workdir DIR] [--steps 20] [--requests 10] [--json FILE]
 
 build tiny -> export -> model repository -> tritonserver -> hot-load two concepts -> one
-multi-concept gRPC request -> hot-load a third concept and use it -> latency of served requests
+multi-concept gRPC request -> the same two concepts in regions (<joe> left, <rex> right) -> hot-load
+a third concept and use it -> latency of served requests
 against the same requests in process (the ONNX Runtime executor on the same ONNX files, same
 seed and concepts; `--threads` sets onnxruntime's intra-op threads on both sides) -> where the
 served time goes (Triton's statistics) -> stop the server. The concepts are new packs
@@ -17,6 +18,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from clif_serve.bench.server_stats import difference, per_pipeline_request, snapshot
@@ -28,6 +30,7 @@ from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.factory import ort_pipeline
 from clif_serve.runtime.images import save_pngs
 from clif_serve.runtime.ort_executor import OrtSettings
+from clif_serve.runtime.regions import Region
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.client import ClifClient
 from clif_serve.serving.options import RepoOptions
@@ -82,6 +85,12 @@ def main(argv: list[str] | None = None) -> dict:
             client.add_concept(pack, replace=True)
         request = GenerationRequest("a photo of <joe> walking <rex> on the beach", steps=args.steps, seed=1)
         print("multi-concept request ->", *save_pngs(client.generate(request), work / "joe-and-rex.png"))
+        regions = (Region("a photo of <joe>", box=(0, 0, 0.5, 1)), Region("<rex> on the beach", box=(0.5, 0, 1, 1)))
+        regional = replace(request, regions=regions)
+        print(
+            "regional two-concept request (<joe> in the left half, <rex> in the right half) ->",
+            *save_pngs(client.generate(regional), work / "joe-left-rex-right.png"),
+        )
         started = time.perf_counter()
         client.add_concept(ann, replace=True)
         figures["hot_load_ms"] = 1000 * (time.perf_counter() - started)

@@ -30,19 +30,23 @@ class TimedExecutor(Executor):
         with self._timed(TEXT_ENCODER):
             return self.inner.encode_text(encoder_index, input_ids, concept_table)
 
-    def predict_noise(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, lora_id=None):
+    def predict_noise(
+        self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, lora_id=None, regions=None
+    ):
         with self._timed(UNET_STEP):
-            return self.inner.predict_noise(sample, timestep, encoder_hidden_states, text_embeds, time_ids, lora_id)
+            return self.inner.predict_noise(
+                sample, timestep, encoder_hidden_states, text_embeds, time_ids, lora_id, regions
+            )
 
     def decode_latents(self, latents):
         with self._timed(VAE_DECODE):
             return self.inner.decode_latents(latents)
 
-    def acquire_lora(self, lora):
-        return self.inner.acquire_lora(lora)
+    def acquire_lora(self, lora, regional=False):
+        return self.inner.acquire_lora(lora, regional)
 
-    def release_lora(self, lora_id):
-        self.inner.release_lora(lora_id)
+    def release_lora(self, lora_id, regional=False):
+        self.inner.release_lora(lora_id, regional)
 
     def reset(self) -> None:
         """Forget the samples taken so far (after warm-up)."""

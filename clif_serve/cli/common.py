@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+REGION_HELP = (
+    "a region: 'SUB-PROMPT=x0,y0,x1,y1' (box in fractions of the width/height), 'SUB-PROMPT=x0,y0,x1,y1px' "
+    "(pixels) or 'SUB-PROMPT=@mask.png' (one-channel mask image, white inside); repeatable; regions may "
+    "not overlap (docs/regions.md)"
+)
 MODEL_HELP = "base model: 'tiny', 'tiny-xl', or the path of a local diffusers folder (SD1.5 or SDXL layout)"
 
 
@@ -22,9 +27,29 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help="image height, multiple of 8 (default: model's)")
     parser.add_argument("--width", type=int, default=None, help="image width, multiple of 8 (default: model's)")
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt (default: 1)")
+    parser.add_argument("--region", action="append", default=[], metavar="SUB-PROMPT=WHERE", help=REGION_HELP)
     parser.add_argument(
         "-o", "--output", default="out.png", help="PNG path; several images become out-0.png, out-1.png, ..."
     )
+
+
+def parse_region(text: str):
+    """A `Region` from `--region` text; InputError naming `regions` when it is malformed."""
+    from clif_serve.errors import InputError
+    from clif_serve.runtime.regions import REGIONS_FIELD, Region
+
+    prompt, equals, where = text.rpartition("=")
+    if not equals or not prompt.strip() or not where.strip():
+        raise InputError(REGIONS_FIELD, f"--region {text!r}: expected SUB-PROMPT=x0,y0,x1,y1 or SUB-PROMPT=@mask.png")
+    where = where.strip()
+    if where.startswith("@"):
+        return Region.from_image(prompt.strip(), where[1:])
+    pixels = where.endswith("px")
+    try:
+        box = tuple(float(value) for value in where.removesuffix("px").split(","))
+    except ValueError as exc:
+        raise InputError(REGIONS_FIELD, f"--region {text!r}: the box is not 4 numbers x0,y0,x1,y1") from exc
+    return Region(prompt.strip(), box, pixels)
 
 
 def request_from_args(args: argparse.Namespace):
@@ -40,6 +65,7 @@ def request_from_args(args: argparse.Namespace):
         height=args.height,
         width=args.width,
         num_images=args.num_images,
+        regions=tuple(parse_region(text) for text in args.region),
     )
 
 

@@ -19,7 +19,8 @@ def register(subparsers) -> None:
         "generate",
         help="generate images with concepts, in process or on a server",
         description="Generate images in process. Load concept packs with --concept and use their triggers "
-        "in the prompt, e.g. \"a photo of <a> and <b>\". With --url the request goes to a clif-serve Triton "
+        "in the prompt, e.g. \"a photo of <a> and <b>\"; --region places a sub-prompt (usually one concept) in a "
+        "box or mask of the image. With --url the request goes to a clif-serve Triton "
         "server instead, which uses the concepts in its store (`clif-serve concepts add PACK --url`).",
     )
     add_generation_options(parser)

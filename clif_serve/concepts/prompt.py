@@ -39,10 +39,15 @@ class EncodedPrompts:
 
 @dataclass(frozen=True)
 class SplitPrompts:
-    """Prompts split into text pieces and the packs of their triggers, with each prompt's request field."""
+    """Prompts split into text pieces and the packs of their triggers, with each prompt's request field
+    (and what error messages call the prompt within that field, e.g. "region 1: ")."""
 
     pieces: tuple[list[str | ConceptPack], ...]
     fields: tuple[str, ...]
+    labels: tuple[str, ...] = ()
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if self.labels else ""
 
     def packs_per_prompt(self) -> list[list[ConceptPack]]:
         """The distinct packs each prompt uses, in order of first use."""
@@ -55,8 +60,11 @@ class SplitPrompts:
         return list({pack.name: pack for packs in self.packs_per_prompt() for pack in packs}.values())
 
 
-def split_prompt(prompt: str, concepts: Mapping[str, ConceptPack], field: str) -> list[str | ConceptPack]:
-    """Split a prompt into text pieces and the packs of its triggers; unknown triggers are an error.
+def split_prompt(
+    prompt: str, concepts: Mapping[str, ConceptPack], field: str, label: str = ""
+) -> list[str | ConceptPack]:
+    """Split a prompt into text pieces and the packs of its triggers; unknown triggers are an error
+    naming `field` (the message starts with `label`).
 
     Text and packs alternate, text first and last; an escaped trigger (`\\<word>`) stays text.
     """
@@ -73,7 +81,8 @@ def split_prompt(prompt: str, concepts: Mapping[str, ConceptPack], field: str) -
         if found not in concepts:
             known = ", ".join(sorted(concepts)) or "none loaded"
             raise InputError(
-                field, f"unknown concept {found}; known concepts: {known} (write \\{found} for the text {found})"
+                field,
+                f"{label}unknown concept {found}; known concepts: {known} (write \\{found} for the text {found})",
             )
         pieces.append("".join(text))
         pieces.append(concepts[found])
@@ -93,7 +102,7 @@ class PromptEncoder:
         self.spec = spec
 
     def _encode_one(
-        self, pieces: list[str | ConceptPack], tokenizer, encoder: TextEncoderSpec, field: str
+        self, pieces: list[str | ConceptPack], tokenizer, encoder: TextEncoderSpec, field: str, label: str
     ) -> tuple[list[int], list[torch.Tensor]]:
         ids: list[int] = []
         rows: list[torch.Tensor] = []
@@ -111,22 +120,31 @@ class PromptEncoder:
         if len(ids) > limit:
             raise InputError(
                 field,
-                f"is {len(ids)} tokens long after expanding concept triggers; the limit is {limit} "
+                f"{label}is {len(ids)} tokens long after expanding concept triggers; the limit is {limit} "
                 f"({encoder.max_length} including start/end tokens)",
             )
         body = [encoder.bos_token_id, *ids, encoder.eos_token_id]
         return body + [encoder.pad_token_id] * (encoder.max_length - len(body)), rows
 
     def split(
-        self, prompts: Sequence[str], concepts: Mapping[str, ConceptPack], fields: Sequence[str] | None = None
+        self,
+        prompts: Sequence[str],
+        concepts: Mapping[str, ConceptPack],
+        fields: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
     ) -> SplitPrompts:
         """Split prompts at their triggers (unknown triggers raise InputError naming the prompt's field).
 
-        `fields` names each prompt's request field for error messages (default: "prompt").
+        `fields` names each prompt's request field for error messages (default: "prompt"); `labels`
+        start those messages (default: nothing), to say which of several prompts of a field it is.
         """
         names = tuple(fields) if fields is not None else ("prompt",) * len(prompts)
-        pieces = tuple(split_prompt(prompt, concepts, field) for prompt, field in zip(prompts, names, strict=True))
-        return SplitPrompts(pieces, names)
+        tags = tuple(labels) if labels is not None else ("",) * len(prompts)
+        pieces = tuple(
+            split_prompt(prompt, concepts, field, label)
+            for prompt, field, label in zip(prompts, names, tags, strict=True)
+        )
+        return SplitPrompts(pieces, names, tags)
 
     def encode(
         self,
@@ -139,8 +157,8 @@ class PromptEncoder:
         all_ids, all_tables = [], []
         for tokenizer, encoder in zip(self.tokenizers, self.spec.text_encoders, strict=True):
             encoded = [
-                self._encode_one(pieces, tokenizer, encoder, field)
-                for pieces, field in zip(split.pieces, split.fields, strict=True)
+                self._encode_one(pieces, tokenizer, encoder, field, split.label(index))
+                for index, (pieces, field) in enumerate(zip(split.pieces, split.fields, strict=True))
             ]
             width = max(1, *(len(rows) for _, rows in encoded))
             table = torch.zeros(len(split.pieces), width, encoder.hidden_size)

@@ -3,9 +3,9 @@
 The exporter builds it from the base model and the recipe and writes it into the export's
 manifest (`"deployment"`); the ONNX Runtime executor, the Triton repository writer, the Triton
 models, the concept store sync and the TensorRT builder read it back. It holds the base model's
-`ModelSpec`, the stages, the ranges every stage accepts, the LoRA set merged into `unet`, and
-derives from them the stage signatures, the served concept-table rows, the request limits and
-the LoRA routing.
+`ModelSpec`, the stages, the ranges every stage accepts, the LoRA set merged into `unet`, the
+region slots of `unet_lora`, and derives from them the stage signatures, the served
+concept-table rows, the request limits and the UNet routing.
 """
 
 from __future__ import annotations
@@ -34,10 +34,16 @@ class Deployment:
     concept_rows: Range  # rows of the concept table the text-encoder graphs accept
     lora_rank: Range  # ranks of the LoRA inputs of unet_lora
     merged_lora: str | None = None  # the LoRA set folded into unet's weights
+    regions: int = 0  # region slots R of unet_lora (region-aware cross-attention); 0: none
 
     @property
     def has_unet_lora(self) -> bool:
         return UNET_LORA in self.stages
+
+    @property
+    def region_slots(self) -> int:
+        """Regions a request may carry: the region slots of `unet_lora` (0 without that stage)."""
+        return self.regions if self.has_unet_lora else 0
 
     @property
     def served_concept_rows(self) -> int:
@@ -57,17 +63,18 @@ class Deployment:
             max_size=min(self.height.max, self.width.max),
             size_multiple=size_multiple(self.spec.image_multiple),
             max_images=max(1, self.batch.max // 2),
+            max_regions=self.region_slots,
         )
 
     def signature(self, stage: str) -> StageSignature:
         """Inputs and outputs of one of this deployment's stages."""
         if stage not in self.stages:
             raise KeyError(f"{stage!r} is not a stage of this deployment ({', '.join(self.stages)})")
-        return stage_signature(self.spec, stage)
+        return stage_signature(self.spec, stage, self.regions)
 
     def routing(self, adapters: bool) -> LoraRouting:
-        """The LoRA routing on a backend that can (`adapters`) or cannot run onnxruntime adapters."""
-        return LoraRouting(self.merged_lora, self.has_unet_lora, adapters)
+        """The UNet routing on a backend that can (`adapters`) or cannot run onnxruntime adapters."""
+        return LoraRouting(self.merged_lora, self.has_unet_lora, adapters, self.region_slots > 0)
 
     def axis_ranges(self) -> dict[str, Range]:
         """The range of every symbolic axis."""
@@ -100,6 +107,7 @@ class Deployment:
             "stages": list(self.stages),
             **{name: value.as_list() for name, value in self.axis_ranges().items()},
             "merged_lora": self.merged_lora,
+            "regions": self.regions,
         }
 
     @classmethod
@@ -114,4 +122,5 @@ class Deployment:
             concept_rows=Range.of(data["concept_rows"]),
             lora_rank=Range.of(data["lora_rank"]),
             merged_lora=data.get("merged_lora"),
+            regions=int(data.get("regions", 0)),
         )

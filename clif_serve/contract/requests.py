@@ -15,6 +15,8 @@ DEFAULT_GUIDANCE_SCALE = 7.5
 DEFAULT_SEED = 0
 DEFAULT_NUM_IMAGES = 1
 MAX_SEED = 2**63 - 1
+# Regions a request may carry in process with PyTorch (an export's limit is its region slots).
+IN_PROCESS_MAX_REGIONS = 8
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class RequestLimits:
     max_size: int = 2048
     size_multiple: int = 8
     max_images: int = 8
+    max_regions: int = IN_PROCESS_MAX_REGIONS
 
 
 def size_multiple(image_multiple: int) -> int:

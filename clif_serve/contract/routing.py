@@ -1,8 +1,9 @@
-"""LoRA routing: which UNet stage a request runs on, and with which LoRA adapter (or none).
+"""UNet routing: which UNet stage a request runs on, and with which LoRA adapter (or none).
 
-Given a deployment (its merged LoRA set, whether it has the adapter UNet `unet_lora`) and whether
-the backend running it can take onnxruntime LoRA adapters, every request's LoRA set (None for a
-request whose concepts carry no LoRA) maps to one `UnetRoute`, or is refused:
+Given a deployment (its merged LoRA set, whether it has the adapter UNet `unet_lora`, whether that
+takes regions) and whether the backend running it can take onnxruntime LoRA adapters, every
+request's LoRA set (None for a request whose concepts carry no LoRA) maps to one `UnetRoute`, or
+is refused:
 
   LoRA set of the request        route
   the merged set                 `unet` (the LoRA is in its weights), no adapter
@@ -10,8 +11,11 @@ request whose concepts carry no LoRA) maps to one `UnetRoute`, or is refused:
   none, a set merged             `unet_lora` without adapter (its LoRA inputs default to zero)
   any other set                  `unet_lora` with that set as adapter, where adapters run
 
-Refusals name the request field (`prompt`: the concepts it names) before any stage runs; the
-same check refuses such packs at hot-load. The in-process ONNX Runtime executor, the Triton
+A request with regions always runs on `unet_lora` (the only UNet with region inputs): without
+adapter when its concepts carry no LoRA, else with its set (the merged one too) as adapter.
+
+Refusals name the request field (`prompt`: the concepts it names; `regions` when only the regions
+make the route impossible) before any stage runs; the same check refuses such packs at hot-load. The in-process ONNX Runtime executor, the Triton
 executor of `clif_pipeline`, the repository writer and the concept store all read this one value.
 """
 
@@ -38,11 +42,13 @@ class LoraRouting:
     merged_lora: str | None
     has_unet_lora: bool
     adapters: bool  # whether `unet_lora` takes LoRA adapters on this backend
+    regions: bool = False  # whether `unet_lora` takes region inputs
 
     @property
     def stages(self) -> tuple[str, ...]:
-        """The UNet stages some request can reach (`unet_lora`: as the base of a merged export, or for adapters)."""
-        reaches_lora = self.has_unet_lora and (self.adapters or self.merged_lora is not None)
+        """The UNet stages some request can reach (`unet_lora`: as the base of a merged export, for adapters
+        or for regions)."""
+        reaches_lora = self.has_unet_lora and (self.adapters or self.regions or self.merged_lora is not None)
         return (UNET, UNET_LORA) if reaches_lora else (UNET,)
 
     @property
@@ -50,8 +56,11 @@ class LoraRouting:
         """Whether LoRA sets other than the merged one run (as adapters of `unet_lora`)."""
         return self.has_unet_lora and self.adapters
 
-    def route(self, lora_id: str | None, field: str = "prompt") -> UnetRoute:
-        """The route of a request whose concepts carry LoRA set `lora_id` (None: no LoRA)."""
+    def route(self, lora_id: str | None, field: str = "prompt", regional: bool = False) -> UnetRoute:
+        """The route of a request whose concepts carry LoRA set `lora_id` (None: no LoRA), with regions
+        or not (`regional`)."""
+        if regional:
+            return self._regional_route(lora_id)
         if lora_id is not None and lora_id == self.merged_lora:
             return UnetRoute(UNET)
         if lora_id is None:
@@ -69,9 +78,25 @@ class LoraRouting:
             return UnetRoute(UNET_LORA, lora_id)
         raise InputError(field, f"LoRA set {lora_id} cannot run here: {self.describe()}")
 
-    def validate(self, lora_id: str | None, field: str = "prompt") -> None:
-        """Raise InputError naming `field` when `lora_id` has no route."""
-        self.route(lora_id, field)
+    def _regional_route(self, lora_id: str | None) -> UnetRoute:
+        if not (self.regions and self.has_unet_lora):
+            raise InputError(
+                "regions",
+                "this deployment takes no regions (its unet_lora has no region inputs); export with a recipe "
+                "listing 'lora' and setting regions = N",
+            )
+        if lora_id is None:
+            return UnetRoute(UNET_LORA)
+        if self.takes_adapters:
+            return UnetRoute(UNET_LORA, lora_id)
+        raise InputError(
+            "regions",
+            f"regions run on unet_lora, which cannot take LoRA set {lora_id} as an adapter here: {self.describe()}",
+        )
+
+    def validate(self, lora_id: str | None, field: str = "prompt", regional: bool = False) -> None:
+        """Raise InputError naming the field when `lora_id` (with regions or not) has no route."""
+        self.route(lora_id, field, regional)
 
     def describe(self) -> str:
         """What this deployment can run, for error messages."""

@@ -10,6 +10,11 @@ decoder (`vae_decoder`). Every tensor's shape is given with symbolic `Axis` entr
   concept_rows  rows K of the per-sample concept table `[B, K, H]`
   lora_rank     rank of the LoRA inputs of `unet_lora`
 
+`unet_lora` of a deployment with region slots (`regions` R > 0) also takes each sample's region
+prompts' token states `region_hidden_states [B, R, L, D]` and their latent masks `region_masks
+[B, R, h, w]` (region-aware cross-attention, `clif_serve.models.regional_attention`); R is fixed
+per deployment, so requests with and without regions have the same shapes and batch together.
+
 The exporter turns the axes into torch.export dynamic dimensions, the Triton repository into
 per-sample dims, the TensorRT builder into optimisation profiles; nobody lists names or shapes
 again. Token ids at or above a text encoder's vocabulary size index the concept table.
@@ -28,6 +33,8 @@ VAE_DECODER = "vae_decoder"
 UNET_STAGES = (UNET, UNET_LORA)
 # SDXL's micro-conditioning: original size, crop top-left, target size.
 SDXL_TIME_IDS = 6
+REGION_HIDDEN_STATES = "region_hidden_states"
+REGION_MASKS = "region_masks"
 
 
 @dataclass(frozen=True)
@@ -102,13 +109,19 @@ def latent_dims(spec: ModelSpec) -> tuple[Dim, ...]:
     return (BATCH, spec.latent_channels, Axis("height", scale), Axis("width", scale))
 
 
-def unet_signature(spec: ModelSpec, with_lora_inputs: bool = False) -> StageSignature:
-    """`sample`, `timestep [B]`, `encoder_hidden_states [B, L, D]` (SDXL: `text_embeds`, `time_ids`) -> `noise_pred`."""
+def unet_signature(spec: ModelSpec, with_lora_inputs: bool = False, regions: int = 0) -> StageSignature:
+    """`sample`, `timestep [B]`, `encoder_hidden_states [B, L, D]` (SDXL: `text_embeds`, `time_ids`;
+    with `regions` slots: `region_hidden_states [B, R, L, D]`, `region_masks [B, R, h, w]`) -> `noise_pred`."""
     latent = latent_dims(spec)
     context = sum(encoder.hidden_size for encoder in spec.text_encoders)
     inputs = [_f32("sample", *latent), _f32("timestep", BATCH), _f32("encoder_hidden_states", BATCH, spec.max_length, context)]
     if spec.kind == "sdxl":
         inputs += [_f32("text_embeds", BATCH, spec.text_encoders[-1].pooled_size), _f32("time_ids", BATCH, SDXL_TIME_IDS)]
+    if regions:
+        inputs += [
+            _f32(REGION_HIDDEN_STATES, BATCH, regions, spec.max_length, context),
+            _f32(REGION_MASKS, BATCH, regions, *latent[2:]),
+        ]
     adapters = ()
     if with_lora_inputs:
         adapters = tuple(_f32(name, *lora_input_shape(spec, name, LORA_RANK)) for name in lora_input_names(spec))
@@ -124,13 +137,16 @@ def vae_decoder_signature(spec: ModelSpec) -> StageSignature:
     )
 
 
-def stage_signature(spec: ModelSpec, stage: str) -> StageSignature:
-    """The signature of a stage by name; KeyError for a name that is no stage of this model family."""
+def stage_signature(spec: ModelSpec, stage: str, regions: int = 0) -> StageSignature:
+    """The signature of a stage by name; KeyError for a name that is no stage of this model family.
+
+    `regions`: the region slots of `unet_lora` (0: none)."""
     for encoder in spec.text_encoders:
         if encoder.name == stage:
             return text_encoder_signature(encoder)
     if stage in UNET_STAGES:
-        return unet_signature(spec, with_lora_inputs=stage == UNET_LORA)
+        lora = stage == UNET_LORA
+        return unet_signature(spec, with_lora_inputs=lora, regions=regions if lora else 0)
     if stage == VAE_DECODER:
         return vae_decoder_signature(spec)
     raise KeyError(f"{stage!r} is not a stage of an {spec.kind} deployment")

@@ -2,7 +2,8 @@
 links there), or any TOML file; read with `tomllib` (`tomli` on Python 3.10).
 
 A recipe fixes what an export supports: the batch range every stage accepts, the image sizes, the
-concept-table rows, the LoRA ranks of `unet_lora`, the UNet variants to emit, the parity tolerance
+concept-table rows, the LoRA ranks of `unet_lora`, its region slots (`regions`: how many regions a
+request may carry, 0 for none; see docs/regions.md), the UNet variants to emit, the parity tolerance
 and the TensorRT build (precision, workspace, optimisation profiles, whether the UNet engine is
 refittable). Without `parity_tolerance` each stage's tolerance is derived from float32 rounding at
 its size (`clif_serve.export.parity`). Ranges are `{min, opt, max}`; `opt` is what TensorRT tunes for. `batch` counts
@@ -30,6 +31,8 @@ RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 UNET_VARIANTS = ("plain", "lora")
 ONNX_PRECISIONS = ("fp32",)
 TENSORRT_PRECISIONS = ("fp16", "fp32")
+# Region slots of unet_lora a recipe may ask for (each costs every call of that stage a little).
+MAX_REGION_SLOTS = 16
 # The embedded models and their recipes; a diffusers folder gets the recipe of its layout.
 DEFAULT_RECIPES = {"tiny": "tiny", "tiny-xl": "tiny-xl", "sd15": "sd15-512", "sdxl": "sdxl-1024"}
 
@@ -70,6 +73,7 @@ class Recipe:
     concept_rows: Range
     lora_rank: Range
     tensorrt: TensorRTSettings
+    regions: int = 0
 
     def to_dict(self) -> dict:
         """The recipe as written into the export manifest."""
@@ -84,6 +88,7 @@ class Recipe:
             "width": self.width.as_list(),
             "concept_rows": self.concept_rows.as_list(),
             "lora_rank": self.lora_rank.as_list(),
+            "regions": self.regions,
             "tensorrt": {
                 "precision": self.tensorrt.precision,
                 "workspace_gib": self.tensorrt.workspace_gib,
@@ -106,6 +111,7 @@ class Recipe:
             concept_rows=self.concept_rows,
             lora_rank=self.lora_rank,
             merged_lora=merged_lora,
+            regions=self.regions,
         )
 
     def validate_for(self, spec: ModelSpec) -> None:
@@ -175,6 +181,22 @@ def _tensorrt(data: dict, batch: Range, height: Range, width: Range) -> TensorRT
     )
 
 
+def _regions(data: dict, variants: tuple[str, ...], batch: Range) -> int:
+    """Region slots: a request's prompt, negative prompt and region prompts are one text-encoder call, so at
+    most the batch maximum less 2."""
+    regions = data.get("regions", 0)
+    if isinstance(regions, bool) or not isinstance(regions, int) or not 0 <= regions <= MAX_REGION_SLOTS:
+        raise InputError("regions", f"must be an integer in [0, {MAX_REGION_SLOTS}], got {regions!r}")
+    if regions and "lora" not in variants:
+        raise InputError("regions", "region inputs are on unet_lora: list 'lora' in unet_variants")
+    if regions + 2 > batch.max:
+        raise InputError(
+            "regions", f"{regions} regions + prompt + negative prompt exceed the batch maximum {batch.max} "
+            "(they are one text-encoder call)"
+        )
+    return regions
+
+
 def recipe_from_dict(data: dict, name: str) -> Recipe:
     """Build and validate a recipe from parsed TOML; errors name the offending key."""
     variants = tuple(data.get("unet_variants", ["plain"]))
@@ -203,6 +225,7 @@ def recipe_from_dict(data: dict, name: str) -> Recipe:
         concept_rows=_range(data, "concept_rows"),
         lora_rank=_range(data, "lora_rank"),
         tensorrt=_tensorrt(data.get("tensorrt", {}), batch, height, width),
+        regions=_regions(data, variants, batch),
     )
 
 

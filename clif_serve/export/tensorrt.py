@@ -68,7 +68,7 @@ def stage_profiles(
 
 def engine_stages(folder: ExportFolder) -> tuple[str, ...]:
     """Stages built as engines: the text encoder(s), the UNet stage(s) a request can reach on
-    TensorRT (no adapters: `unet_lora` only as the base UNet of a merged export), the VAE decoder."""
+    TensorRT (no adapters: `unet_lora` as the base UNet of a merged export, or for regions), the VAE decoder."""
     routing = folder.deployment.routing(adapters=False)
     return (*folder.spec.text_encoder_names, *routing.stages, VAE_DECODER)
 

@@ -7,7 +7,9 @@ single value becomes a torch.export dynamic dimension.
 * text encoder(s): `ConceptTextEncoder` itself (input_ids + concept_table -> hidden_states + pooled);
 * `unet`: the diffusers UNet (SDXL adds text_embeds/time_ids), optionally with a LoRA merged;
 * `unet_lora`: the same UNet with peft LoRA layers on every attention projection whose A/B tensors
-  are graph inputs (`torch.func.functional_call`), so a LoRA set is an onnxruntime adapter;
+  are graph inputs (`torch.func.functional_call`), so a LoRA set is an onnxruntime adapter; with
+  region slots, its attention modules run `clif_serve.models.regional_attention` on the region
+  inputs;
 * `vae_decoder`: `vae.decode` (post_quant_conv included).
 
 Inputs are deterministic (seeded) so an export's parity figures are reproducible.
@@ -29,11 +31,20 @@ from torch.export import Dim as TorchDim
 
 from clif_serve.contract.deployment import Deployment
 from clif_serve.contract.ranges import Range
-from clif_serve.contract.stages import UNET, UNET_LORA, VAE_DECODER, Axis, StageSignature, TensorSpec
+from clif_serve.contract.stages import (
+    REGION_MASKS,
+    UNET,
+    UNET_LORA,
+    VAE_DECODER,
+    Axis,
+    StageSignature,
+    TensorSpec,
+)
 from clif_serve.lora.math import merge_lora
 from clif_serve.lora.naming import LORA_A_SUFFIX, LORA_B_SUFFIX, lora_input_names, lora_input_shape
 from clif_serve.lora.peft import adapter_parameter
 from clif_serve.lora.weights import LoraWeights
+from clif_serve.models import regional_attention
 from clif_serve.models.concept_text_encoder import ConceptTextEncoder
 from clif_serve.models.loading import BaseModel
 from clif_serve.models.spec import ModelSpec, TextEncoderSpec
@@ -208,13 +219,17 @@ def text_encoder_trace(base: BaseModel, index: int, deployment: Deployment) -> S
 
 
 class UNetModule(nn.Module):
-    """The UNet with positional inputs in contract order; LoRA A/B tensors (if any) come last."""
+    """The UNet with positional inputs in contract order (region inputs after SDXL's); LoRA A/B
+    tensors (if any) come last."""
 
-    def __init__(self, unet: nn.Module, sdxl: bool, lora_params: tuple[str, ...] = ()):
+    def __init__(self, unet: nn.Module, sdxl: bool, lora_params: tuple[str, ...] = (), regional: bool = False):
         super().__init__()
         self.unet = unet
         self.sdxl = sdxl
         self.lora_params = lora_params
+        self.regional = regional
+        if regional:
+            regional_attention.install(unet)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         sample, timestep, hidden, *rest = inputs
@@ -223,6 +238,10 @@ class UNetModule(nn.Module):
             added = {"text_embeds": rest[0], "time_ids": rest[1]}
             rest = rest[2:]
         kwargs = {"encoder_hidden_states": hidden, "added_cond_kwargs": added, "return_dict": False}
+        if self.regional:
+            levels = regional_attention.unet_levels(self.unet)
+            kwargs["cross_attention_kwargs"] = regional_attention.region_kwargs(rest[0], rest[1], levels)
+            rest = rest[2:]
         if not self.lora_params:
             return self.unet(sample, timestep, **kwargs)[0]
         weights = dict(zip(self.lora_params, rest, strict=True))
@@ -235,8 +254,19 @@ def _unet_inputs(signature: StageSignature, sizes: dict, generator: torch.Genera
     def time_ids(shape, _generator):
         return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(shape[0], 1)
 
-    special = {"timestep": lambda shape, gen: torch.rand(shape, generator=gen) * 999, "time_ids": time_ids}
+    special = {
+        "timestep": lambda shape, gen: torch.rand(shape, generator=gen) * 999,
+        "time_ids": time_ids,
+        REGION_MASKS: _region_masks,
+    }
     return random_inputs(signature, sizes, generator, special)
+
+
+def _region_masks(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Disjoint masks `[B, R, h, w]`: every latent cell belongs to one region or to the background."""
+    batch, regions, height, width = shape
+    owner = torch.randint(0, regions + 1, (batch, height, width), generator=generator)
+    return torch.stack([(owner == region + 1).float() for region in range(regions)], dim=1)
 
 
 def unet_trace(base: BaseModel, deployment: Deployment, merged: LoraWeights | None = None) -> StageTrace:
@@ -306,7 +336,8 @@ def unet_lora_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
     )
     lora_names = lora_input_names(spec)
     params = tuple(adapter_parameter(name, _ADAPTER) for name in lora_names)
-    module = UNetModule(unet.requires_grad_(False), spec.kind == "sdxl", params).eval()
+    regional = deployment.region_slots > 0
+    module = UNetModule(unet.requires_grad_(False), spec.kind == "sdxl", params, regional).eval()
     zeros = tuple(torch.zeros(lora_input_shape(spec, name, 1)) for name in lora_names)
 
     (_, opt), (_, low) = _image_points(deployment)
@@ -326,7 +357,7 @@ def unet_lora_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
         + parity_lora(base.unet, spec, example_rank, torch.Generator().manual_seed(98)),
         dynamic_shapes=dynamic_shapes(signature, deployment),
         cases=cases,
-        record_extra={"lora_inputs": list(lora_names), "lora_scale_in_graph": 1.0},
+        record_extra={"lora_inputs": list(lora_names), "lora_scale_in_graph": 1.0, "regions": deployment.region_slots},
     )
 
 

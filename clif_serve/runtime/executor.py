@@ -10,11 +10,21 @@ or device `torch.Tensor`s in float32 (ids in int64).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class RegionInputs:
+    """The regions of one UNet call: each sample's region prompts' token states `[B, R, L, D]` and
+    their latent masks `[B, R, h, w]` (all zero for a sample without regions, e.g. the unconditional one)."""
+
+    hidden: torch.Tensor
+    masks: torch.Tensor
 
 
 class Executor(ABC):
@@ -39,10 +49,12 @@ class Executor(ABC):
         text_embeds: torch.Tensor | None = None,
         time_ids: torch.Tensor | None = None,
         lora_id: str | None = None,
+        regions: RegionInputs | None = None,
     ) -> torch.Tensor:
         """One UNet evaluation. `timestep` is float32 `[B]`; SDXL adds `text_embeds` and `time_ids`.
 
-        `lora_id` is what `acquire_lora` returned for the request (None: no LoRA).
+        `lora_id` is what `acquire_lora` returned for the request (None: no LoRA); `regions` are the
+        request's regions (None: none), for region-aware cross-attention.
         """
 
     @abstractmethod
@@ -50,11 +62,13 @@ class Executor(ABC):
         """VAE decoder: scaled latents `[B, C, h, w]` -> images `[B, 3, H, W]` in about [-1, 1]."""
 
     @abstractmethod
-    def acquire_lora(self, lora: LoraWeights | None) -> str | None:
+    def acquire_lora(self, lora: LoraWeights | None, regional: bool = False) -> str | None:
         """Make a request's LoRA set runnable and hold it until `release_lora`; return the id that
-        `predict_noise` takes (None: no LoRA). Raises InputError naming the field when this executor
-        has no route for it, before any stage runs. Called once per request, with None too."""
+        `predict_noise` takes (None: no LoRA). `regional`: the request has regions (its UNet route may
+        differ). Raises InputError naming the field when this executor has no route for it, before any
+        stage runs. Called once per request, with None too."""
 
     @abstractmethod
-    def release_lora(self, lora_id: str | None) -> None:
-        """The request that acquired `lora_id` is done with it (it may now be evicted)."""
+    def release_lora(self, lora_id: str | None, regional: bool = False) -> None:
+        """The request that acquired `lora_id` (with `regional` as given then) is done with it (it may
+        now be evicted)."""

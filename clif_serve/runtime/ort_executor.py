@@ -29,6 +29,7 @@ from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.onnx import ActiveAdapter, load_adapter
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
+from clif_serve.runtime.stage_inputs import unet_inputs
 
 
 @dataclass(frozen=True)
@@ -109,30 +110,30 @@ class OrtExecutor(Executor):
         return hidden, pooled
 
     def predict_noise(
-        self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, lora_id=None
+        self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, lora_id=None, regions=None
     ):
-        route = self.routing.route(lora_id)
+        route = self.routing.route(lora_id, regional=regions is not None)
         options = self._adapters.pinned(route.adapter).run_options if route.adapter is not None else None
         inputs = (sample, timestep, encoder_hidden_states)
         if self.spec.kind == "sdxl":
             inputs += (text_embeds, time_ids)
-        return self._run(route.stage, inputs, options)[0]
+        return self._run(route.stage, unet_inputs(self._signatures[route.stage], inputs, regions), options)[0]
 
     def decode_latents(self, latents):
         return self._run(VAE_DECODER, (latents,))[0]
 
-    def acquire_lora(self, lora: LoraWeights | None) -> str | None:
+    def acquire_lora(self, lora: LoraWeights | None, regional: bool = False) -> str | None:
         """Route the request's LoRA set; for an adapter route, build (once) and hold its adapter."""
         lora_id = None if lora is None else lora.set_id
-        route = self.routing.route(lora_id)
+        route = self.routing.route(lora_id, regional=regional)
         if route.adapter is None:
             return lora_id
         # Validated when its adapter is first built: nothing more on the request path.
         self._adapters.acquire(lora_id, lambda: load_adapter(lora, self.spec))
         return lora_id
 
-    def release_lora(self, lora_id: str | None) -> None:
-        if lora_id is not None and self.routing.route(lora_id).adapter is not None:
+    def release_lora(self, lora_id: str | None, regional: bool = False) -> None:
+        if lora_id is not None and self.routing.route(lora_id, regional=regional).adapter is not None:
             self._adapters.release(lora_id)
 
     def cached_adapters(self) -> list[str]:

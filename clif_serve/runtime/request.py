@@ -16,11 +16,16 @@ from clif_serve.contract.requests import (
 )
 from clif_serve.errors import InputError
 from clif_serve.models.spec import ModelSpec
+from clif_serve.runtime.regions import Region, pixel_masks
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """What to draw. Triggers such as `<joe>` may appear anywhere in the prompts."""
+    """What to draw. Triggers such as `<joe>` may appear anywhere in the prompts.
+
+    `regions` place sub-prompts (usually one concept each) in boxes or masks of the image; the
+    global `prompt` conditions the rest (`clif_serve.runtime.regions`, docs/regions.md).
+    """
 
     prompt: str
     negative_prompt: str | None = None
@@ -30,6 +35,7 @@ class GenerationRequest:
     height: int | None = None
     width: int | None = None
     num_images: int = DEFAULT_NUM_IMAGES
+    regions: tuple[Region, ...] = ()
 
     def validated(self, spec: ModelSpec, limits: RequestLimits | None = None) -> GenerationRequest:
         """Check every field and fill the default size; raise InputError naming the bad field.
@@ -50,7 +56,8 @@ class GenerationRequest:
             _check_int(field, value, limits.min_size, limits.max_size)
             if value % limits.size_multiple:
                 raise InputError(field, f"must be a multiple of {limits.size_multiple}, got {value}")
-        return replace(self, height=height, width=width)
+        pixel_masks(self.regions, height, width, limits.max_regions)
+        return replace(self, height=height, width=width, regions=tuple(self.regions))
 
     @property
     def uses_guidance(self) -> bool:

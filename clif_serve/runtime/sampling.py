@@ -4,6 +4,10 @@ It follows diffusers' StableDiffusionPipeline / StableDiffusionXLPipeline step f
 latent noise from the seed, same scheduler calls, same guidance formula, SDXL's pooled embeddings
 and time ids, SDXL's zeroed negative for an absent negative prompt), so for the same inputs it
 gives the same image as diffusers; `tests/test_parity_diffusers.py` checks that.
+
+A request's regions reach the UNet of every executor as `RegionInputs` (region-aware
+cross-attention, docs/regions.md): the conditional samples carry the regions' token states and
+latent masks, the unconditional ones none, so the negative prompt applies to the whole image.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import diffusers
+import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 from clif_serve.concepts.prompt import EncodedPrompts
 from clif_serve.models.spec import ModelSpec
-from clif_serve.runtime.executor import Executor
+from clif_serve.runtime.executor import Executor, RegionInputs
 from clif_serve.runtime.request import GenerationRequest
 
 StepCallback = Callable[[int, int], None]
@@ -49,6 +55,30 @@ class Conditioning:
     def cat(first: Conditioning, second: Conditioning) -> Conditioning:
         pooled = None if first.pooled is None else torch.cat([first.pooled, second.pooled])
         return Conditioning(torch.cat([first.hidden, second.hidden]), pooled)
+
+
+@dataclass(frozen=True)
+class RegionConditioning:
+    """A request's regions: their prompts' token states `[R, L, D]` and latent masks `[R, h, w]`."""
+
+    hidden: torch.Tensor
+    masks: torch.Tensor
+
+    @classmethod
+    def of(cls, hidden: torch.Tensor, pixel_masks: np.ndarray, vae_scale_factor: int) -> RegionConditioning:
+        """From the region prompts' token states and their pixel masks `[R, H, W]`, averaged over each
+        latent cell."""
+        masks = torch.from_numpy(np.ascontiguousarray(pixel_masks, dtype=np.float32))
+        masks = F.avg_pool2d(masks[None], kernel_size=vae_scale_factor, stride=vae_scale_factor)[0]
+        return cls(hidden, masks)
+
+    def inputs(self, count: int, guidance: bool, device: torch.device) -> RegionInputs:
+        """The region inputs of a UNet batch of `count` images (unconditional samples first under guidance)."""
+        hidden = self.hidden[None].repeat(count, 1, 1, 1)
+        masks = self.masks[None].repeat(count, 1, 1, 1)
+        if guidance:
+            hidden, masks = torch.cat([torch.zeros_like(hidden), hidden]), torch.cat([torch.zeros_like(masks), masks])
+        return RegionInputs(hidden.to(device), masks.to(device))
 
 
 def make_scheduler(spec: ModelSpec):
@@ -89,10 +119,12 @@ def sample(
     negative: Conditioning | None,
     lora_id: str | None = None,
     on_step: StepCallback | None = None,
+    regions: RegionConditioning | None = None,
 ) -> torch.Tensor:
     """Denoise from the request's seed and decode: images `[N, 3, H, W]` in [0, 1] (float32).
 
-    `positive`/`negative` hold one prompt each (batch 1); `request` must be validated.
+    `positive`/`negative` hold one prompt each (batch 1); `request` must be validated; `regions`
+    are its regions (None: none).
     """
     spec = executor.spec
     scheduler = make_scheduler(spec)
@@ -113,6 +145,7 @@ def sample(
     time_ids = None
     if spec.kind == "sdxl":
         time_ids = sdxl_time_ids(request.height, request.width, batch).to(executor.device)
+    region_inputs = None if regions is None else regions.inputs(count, request.uses_guidance, executor.device)
 
     step_kwargs = _step_kwargs(scheduler, generator)
     timesteps = scheduler.timesteps
@@ -126,6 +159,7 @@ def sample(
             condition.pooled,
             time_ids,
             lora_id,
+            region_inputs,
         )
         if request.uses_guidance:
             uncond, text = noise.chunk(2)

@@ -4,7 +4,9 @@ The tokenizer and the embedding matrix are never touched per request: concept to
 text encoder through the concept table (`ConceptTextEncoder`). LoRA sets are added to the UNet
 as named peft adapters once and switched per call; beyond `adapter_capacity` the least recently
 used adapter that no request holds is deleted from the UNet. The adapters live in the UNet, so
-every executor on one UNet shares one adapter cache and one lock (`_UnetState`).
+every executor on one UNet shares one adapter cache and one lock (`_UnetState`). The UNet's
+attention modules get the regional processors (`clif_serve.models.regional_attention`), which run
+diffusers' own attention unchanged unless a call carries regions.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.peft import add_adapter
 from clif_serve.lora.weights import LoraWeights
+from clif_serve.models import regional_attention
 from clif_serve.models.concept_text_encoder import ConceptTextEncoder
 from clif_serve.models.loading import BaseModel
 from clif_serve.runtime.executor import Executor
@@ -58,6 +61,8 @@ class TorchExecutor(Executor):
         ]
         state = _unet_state(base.unet, adapter_capacity)
         self._unet_lock, self._adapters = state.lock, state.adapters
+        regional_attention.install(base.unet)
+        self._levels = regional_attention.unet_levels(base.unet)
 
     def _to_device(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
         if tensor is None:
@@ -69,10 +74,16 @@ class TorchExecutor(Executor):
         return self.text_encoders[encoder_index](input_ids.to(self.device), self._to_device(concept_table))
 
     @torch.inference_mode()
-    def predict_noise(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, lora_id=None):
+    def predict_noise(
+        self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, lora_id=None, regions=None
+    ):
         added = None
         if self.spec.kind == "sdxl":
             added = {"text_embeds": self._to_device(text_embeds), "time_ids": self._to_device(time_ids)}
+        attention = None
+        if regions is not None:
+            hidden, masks = self._to_device(regions.hidden), self._to_device(regions.masks)
+            attention = regional_attention.region_kwargs(hidden, masks, self._levels)
         with self._unet_lock:
             self._select_adapter(lora_id)
             return self.base.unet(
@@ -80,6 +91,7 @@ class TorchExecutor(Executor):
                 self._to_device(timestep),
                 encoder_hidden_states=self._to_device(encoder_hidden_states),
                 added_cond_kwargs=added,
+                cross_attention_kwargs=attention,
                 return_dict=False,
             )[0]
 
@@ -87,7 +99,7 @@ class TorchExecutor(Executor):
     def decode_latents(self, latents):
         return self.base.vae.decode(self._to_device(latents), return_dict=False)[0]
 
-    def acquire_lora(self, lora: LoraWeights | None) -> str | None:
+    def acquire_lora(self, lora: LoraWeights | None, regional: bool = False) -> str | None:
         """Add the set as a peft adapter of the UNet (once; validated then) and hold it for the request."""
         if lora is None:
             return None
@@ -101,7 +113,7 @@ class TorchExecutor(Executor):
         with self._unet_lock:
             return self._adapters.acquire(lora.set_id, build)
 
-    def release_lora(self, lora_id: str | None) -> None:
+    def release_lora(self, lora_id: str | None, regional: bool = False) -> None:
         if lora_id is not None:
             with self._unet_lock:
                 self._adapters.release(lora_id)

@@ -37,8 +37,10 @@ from clif_serve.serving.protocol import (
     IMAGES_OUTPUT,
     PIPELINE_INPUTS,
     PIPELINE_MODEL,
+    REGIONS_FIELD,
     RESULT_OUTPUT,
     Field,
+    encode_regions,
 )
 from clif_serve.serving.replicas import ReplicaPool
 
@@ -78,7 +80,19 @@ def _tensor(field: Field, value: object) -> grpcclient.InferInput:
 
 
 def _inputs(fields: Sequence[Field], values: Mapping[str, object]) -> list[grpcclient.InferInput]:
-    return [_tensor(field, values[field.name]) for field in fields if values.get(field.name) is not None]
+    """The one-value inputs among `fields` that `values` sets."""
+    return [
+        _tensor(field, values[field.name]) for field in fields if field.one_value and values.get(field.name) is not None
+    ]
+
+
+def _regions_input(regions) -> list[grpcclient.InferInput]:
+    if not regions:
+        return []
+    array = encode_regions(regions)
+    tensor = grpcclient.InferInput(REGIONS_FIELD, list(array.shape), "BYTES")
+    tensor.set_data_from_numpy(array)
+    return [tensor]
 
 
 def _raise_as_library_error(exc: InferenceServerException, error: type[InputError]) -> None:
@@ -161,8 +175,10 @@ class ClifClient:
             return False
 
     def generate(self, request: GenerationRequest) -> np.ndarray:
-        """Images `[N, H, W, 3]` uint8 for a request (validated by the server)."""
-        return self._infer(PIPELINE_MODEL, _inputs(PIPELINE_INPUTS, vars(request)), IMAGES_OUTPUT, InputError)
+        """Images `[N, H, W, 3]` uint8 for a request (validated by the server; its regions' masks travel
+        as 8-bit PNG)."""
+        inputs = _inputs(PIPELINE_INPUTS, vars(request)) + _regions_input(request.regions)
+        return self._infer(PIPELINE_MODEL, inputs, IMAGES_OUTPUT, InputError)
 
     def _control(self, admin: bool = False, retry: bool = True, **values) -> dict:
         parameters = self.keys.admin_parameters() if admin else None

@@ -7,8 +7,9 @@ template configs carry none). What a deployment *is* (stages, routing, concept r
 not a parameter: every model reads it from the export manifest copied next to its `model.py`.
 
 For raw clients, `clif_pipeline`'s config also *publishes* what a request gets unasked and may
-ask for (`request_parameters`): `default.<input>` for every optional input with a default, and
-`limit.<name>` for every request limit of the deployment. They are derived from
+ask for (`request_parameters`): `default.<input>` for every optional input with a default,
+`limit.<name>` for every request limit of the deployment, and `format.<input>` for the inputs whose
+elements are structured (`regions`: JSON objects). They are derived from
 `GenerationRequest` and `Deployment.limits`, written for readers of the config
 (`GET /v2/models/clif_pipeline/config`), and never read back: the models use the deployment itself.
 """
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 
 DEFAULT_PREFIX = "default."
 LIMIT_PREFIX = "limit."
-PUBLISHED_PREFIXES = (DEFAULT_PREFIX, LIMIT_PREFIX)
+FORMAT_PREFIX = "format."
+PUBLISHED_PREFIXES = (DEFAULT_PREFIX, LIMIT_PREFIX, FORMAT_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def request_parameters(deployment: Deployment) -> dict[str, str]:
     """The request defaults and limits `clif_pipeline` publishes in its config (written, never read back)."""
     # Imported here: this module is read by every model's process and by the CLI at start.
     from clif_serve.runtime.request import GenerationRequest
-    from clif_serve.serving.protocol import PIPELINE_INPUTS
+    from clif_serve.serving.protocol import INPUT_FORMATS, PIPELINE_INPUTS
 
     filled = GenerationRequest(prompt="-").validated(deployment.spec)  # the defaults, sizes resolved
     defaults = {field.name: getattr(filled, field.name) for field in PIPELINE_INPUTS if field.optional}
@@ -83,6 +85,7 @@ def request_parameters(deployment: Deployment) -> dict[str, str]:
         DEFAULT_PREFIX + name: _text(value) for name, value in defaults.items() if isinstance(value, (int, float, str))
     }
     published.update({LIMIT_PREFIX + key: _text(value) for key, value in asdict(deployment.limits).items()})
+    published.update({FORMAT_PREFIX + name: text for name, text in INPUT_FORMATS.items()})
     return published
 
 

@@ -4,10 +4,18 @@ This module is the one source of these names and types: the repository builder w
 Triton configs from it and the client builds its requests from it, so the two cannot drift.
 Every pipeline input is a request field of `GenerationRequest` of the same name; a Triton error
 caused by a field's value starts with `<field>: ` (the text of `InputError`).
+
+`regions` (BYTES, dims [-1], optional) holds one element per region, each a UTF-8 JSON object:
+`{"prompt": "<joe> in a red coat", "box": [x0, y0, x1, y1]}` with the box in fractions of the
+width/height (`"units": "pixels"` for pixels), or `{"prompt": ..., "mask": "<base64 PNG>"}` with a
+one-channel PNG of the image size (white = inside; 8-bit, so weights travel in steps of 1/255).
+See docs/regions.md for the limits and the overlap policy.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -15,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from clif_serve.errors import InputError
+from clif_serve.runtime.regions import REGIONS_FIELD, Region, mask_from_image, mask_to_png
 
 PIPELINE_MODEL = "clif_pipeline"
 CONCEPTS_MODEL = "clif_concepts"
@@ -51,6 +60,10 @@ class Field:
     # Largest accepted value of a BYTES input, checked before it is decoded (None: no limit here).
     max_bytes: int | None = None
 
+    @property
+    def one_value(self) -> bool:
+        return self.dims == (1,)
+
 
 PIPELINE_INPUTS = (
     Field("prompt", "BYTES", optional=False, max_bytes=MAX_TEXT_BYTES),
@@ -61,7 +74,16 @@ PIPELINE_INPUTS = (
     Field("height", "INT32"),
     Field("width", "INT32"),
     Field("num_images", "INT32"),
+    Field(REGIONS_FIELD, "BYTES", dims=(-1,)),
 )
+REGION_UNITS = ("fractions", "pixels")
+# What the elements of a structured input hold, published in clif_pipeline's config as `format.<input>`.
+INPUT_FORMATS = {
+    REGIONS_FIELD: 'one UTF-8 JSON object per region: {"prompt": str, "box": [x0, y0, x1, y1], "units": '
+    '"fractions" (default) | "pixels"} or {"prompt": str, "mask": base64 of a one-channel PNG of the image size, '
+    "white inside}; at most limit.max_regions, inside the image, not overlapping (docs/regions.md)",
+}
+_REGION_KEYS = {"prompt", "box", "units", "mask"}
 PIPELINE_OUTPUTS = (Field(IMAGES_OUTPUT, "UINT8", optional=False, dims=(-1, -1, -1, 3)),)
 
 CONCEPTS_INPUTS = (
@@ -121,9 +143,12 @@ class ConceptsReply:
 
 
 def decode_fields(inputs: Mapping[str, np.ndarray], fields: Sequence[Field]) -> dict[str, object]:
-    """Python values of one-value inputs (text, bytes, int, float, bool); absent optional ones are left out."""
+    """Python values of the one-value inputs among `fields` (text, bytes, int, float, bool); absent
+    optional ones are left out."""
     values: dict[str, object] = {}
     for field in fields:
+        if not field.one_value:
+            continue
         array = inputs.get(field.name)
         if array is None:
             if not field.optional:
@@ -151,3 +176,54 @@ def decode_fields(inputs: Mapping[str, np.ndarray], fields: Sequence[Field]) -> 
             except UnicodeDecodeError as exc:
                 raise InputError(field.name, f"is not valid UTF-8 ({exc})") from exc
     return values
+
+
+def encode_regions(regions: Sequence[Region]) -> np.ndarray:
+    """The `regions` tensor (BYTES `[R]`, one JSON object per region) of a request's regions."""
+    elements = []
+    for index, region in enumerate(regions):
+        if not isinstance(region, Region):
+            raise InputError(REGIONS_FIELD, f"region {index}: must be a Region, got {type(region).__name__}")
+        item: dict[str, object] = {"prompt": region.prompt}
+        if region.mask is not None:
+            item["mask"] = base64.b64encode(mask_to_png(np.asarray(region.mask, dtype=np.float32))).decode("ascii")
+        if region.box is not None:
+            item["box"] = [float(v) for v in region.box]
+            if region.pixels:
+                item["units"] = "pixels"
+        elements.append(json.dumps(item).encode("utf-8"))
+    return np.array(elements, dtype=np.object_)
+
+
+def _decode_region(index: int, element: object) -> Region:
+    def refuse(message: str) -> InputError:
+        return InputError(REGIONS_FIELD, f"region {index}: {message}")
+
+    try:
+        item = json.loads(element.decode("utf-8") if isinstance(element, bytes) else str(element))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise refuse(f"not a UTF-8 JSON object ({exc})") from exc
+    if not isinstance(item, dict):
+        raise refuse(f"must be a JSON object, got {type(item).__name__}")
+    unknown = sorted(set(item) - _REGION_KEYS)
+    if unknown:
+        raise refuse(f"unknown keys {unknown}; a region has {sorted(_REGION_KEYS)}")
+    units = item.get("units", "fractions")
+    if units not in REGION_UNITS:
+        raise refuse(f"units must be one of {', '.join(REGION_UNITS)}, got {units!r}")
+    box, mask = item.get("box"), item.get("mask")
+    if mask is not None:
+        if not isinstance(mask, str):
+            raise refuse("mask must be a base64 string of a PNG image")
+        try:
+            mask = mask_from_image(base64.b64decode(mask, validate=True))
+        except binascii.Error as exc:
+            raise refuse(f"mask is not valid base64 ({exc})") from exc
+    if box is not None and not isinstance(box, list):
+        raise refuse(f"box must be a list [x0, y0, x1, y1], got {box!r}")
+    return Region(item.get("prompt"), tuple(box) if box is not None else None, units == "pixels", mask)
+
+
+def decode_regions(array: np.ndarray) -> tuple[Region, ...]:
+    """The regions of a `regions` tensor; InputError naming `regions` for a malformed element."""
+    return tuple(_decode_region(index, element) for index, element in enumerate(np.asarray(array).reshape(-1)))

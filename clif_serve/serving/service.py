@@ -18,13 +18,16 @@ from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.concept_control import resolve_store
 from clif_serve.serving.context import ModelContext
-from clif_serve.serving.protocol import PIPELINE_INPUTS, decode_fields
+from clif_serve.serving.protocol import PIPELINE_INPUTS, REGIONS_FIELD, decode_fields, decode_regions
 from clif_serve.serving.triton_executor import StageCall, TritonExecutor
 
 
 def decode_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequest:
     """A GenerationRequest from the pipeline's input tensors (absent optional inputs keep defaults)."""
-    return GenerationRequest(**decode_fields(inputs, PIPELINE_INPUTS))
+    values = decode_fields(inputs, PIPELINE_INPUTS)
+    if REGIONS_FIELD in inputs:
+        values[REGIONS_FIELD] = decode_regions(inputs[REGIONS_FIELD])
+    return GenerationRequest(**values)
 
 
 class ServedPipeline:

@@ -11,7 +11,10 @@ deployment contract first, and a request that fails gets its own error while the
   request size multiple;
 * float tensors are finite; token ids lie in `[0, vocab + served concept rows)` (ids at or above
   the vocabulary index the concept table);
-* `lora_id` (unet_lora with adapters) is one LoRA set id, the same for every sample, or empty.
+* `lora_id` (unet_lora with adapters) is one LoRA set id, the same for every sample, or empty;
+* region inputs (unet_lora with region slots): `region_masks` are masks on the sample's latent
+  grid, weights in [0, 1] whose sum over the slots is at most 1 at every cell (regions do not
+  overlap, docs/regions.md); `region_hidden_states` are finite like every float tensor.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from clif_serve.contract.deployment import Deployment
-from clif_serve.contract.stages import BATCH, CONCEPT_ROWS, Axis, TensorSpec
+from clif_serve.contract.stages import BATCH, CONCEPT_ROWS, REGION_MASKS, Axis, TensorSpec
 from clif_serve.errors import InputError
 from clif_serve.lora.weights import validate_set_id
+from clif_serve.runtime.regions import OVERLAP_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class StageRequestCheck:
             elif array.shape[0] != batch:
                 raise InputError(tensor.name, f"has {array.shape[0]} samples, the request's other inputs {batch}")
             feed[tensor.name] = array
+        if REGION_MASKS in feed:
+            _check_region_masks(feed[REGION_MASKS], feed["sample"].shape[2:])
         return feed, self._adapter(inputs.get(self.lora_id) if self.lora_id else None, batch)
 
     def _check_array(self, tensor: TensorSpec, array: np.ndarray) -> None:
@@ -110,6 +116,16 @@ class StageRequestCheck:
         except UnicodeDecodeError:
             raise InputError(name, f"{raw[:40]!r} is not a LoRA set id (16 lowercase hex digits)") from None
         return validate_set_id(text, name) if text else None
+
+
+def _check_region_masks(masks: np.ndarray, latent: tuple[int, ...]) -> None:
+    """`region_masks [B, R, h, w]`: on the sample's latent grid, weights in [0, 1], not overlapping."""
+    if masks.shape[2:] != latent:
+        raise InputError(REGION_MASKS, f"masks are {list(masks.shape[2:])}, the sample's latent grid is {list(latent)}")
+    if masks.size and (masks.min() < 0 or masks.max() > 1):
+        raise InputError(REGION_MASKS, "weights must lie in [0, 1]")
+    if masks.size and masks.sum(axis=1).max() > 1 + OVERLAP_TOLERANCE:
+        raise InputError(REGION_MASKS, "regions overlap: the slots' weights sum to more than 1 at some cell")
 
 
 def _dim(dim, deployment: Deployment, ranges, multiple: int) -> _Dim:

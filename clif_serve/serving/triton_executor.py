@@ -24,6 +24,7 @@ from clif_serve.errors import InputError
 from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
+from clif_serve.runtime.stage_inputs import unet_inputs
 from clif_serve.serving.signatures import LORA_ID_INPUT
 
 # (model name, inputs by name, output names) -> outputs by name
@@ -80,15 +81,16 @@ class TritonExecutor(Executor):
         return hidden, pooled
 
     def predict_noise(
-        self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, lora_id=None
+        self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, lora_id=None, regions=None
     ):
-        route = self.routing.route(lora_id)
+        route = self.routing.route(lora_id, regional=regions is not None)
         # The timestep is a per-sample scalar: sent as [B, 1], the stage sees [B] (config reshape).
         values = [sample, timestep.reshape(-1, 1), encoder_hidden_states]
         if self.spec.kind == "sdxl":
             values += [text_embeds, time_ids]
-        names = self.deployment.signature(route.stage).input_names
-        feed = {name: _array(value) for name, value in zip(names, values, strict=True)}
+        signature = self.deployment.signature(route.stage)
+        values = unet_inputs(signature, values, regions)
+        feed = {name: _array(value) for name, value in zip(signature.input_names, values, strict=True)}
         if route.adapter is not None:
             feed[LORA_ID_INPUT] = np.array([[route.adapter.encode()]] * sample.shape[0], dtype=np.object_)
         (noise,) = self._call(route.stage, feed)
@@ -99,15 +101,17 @@ class TritonExecutor(Executor):
         (images,) = self._call(VAE_DECODER, {name: _array(latents)})
         return images
 
-    def acquire_lora(self, lora: LoraWeights | None) -> str | None:
+    def acquire_lora(self, lora: LoraWeights | None, regional: bool = False) -> str | None:
         """The request's LoRA set id, once its route is known; an adapter route pins the set until release."""
         lora_id = None if lora is None else lora.set_id
-        route = self.routing.route(lora_id)
+        route = self.routing.route(lora_id, regional=regional)
         if route.adapter is not None and self.pin is not None:
             self._pins.acquire(route.adapter, lambda: self.pin(lora))
         return lora_id
 
-    def release_lora(self, lora_id: str | None) -> None:
+    def release_lora(self, lora_id: str | None, regional: bool = False) -> None:
         """Drop the request's pin of its LoRA set (if it took one)."""
-        if lora_id is not None and self.pin is not None and self.routing.route(lora_id).adapter is not None:
+        if lora_id is None or self.pin is None:
+            return
+        if self.routing.route(lora_id, regional=regional).adapter is not None:
             self._pins.release(lora_id)

@@ -47,7 +47,11 @@ def test_manifest_describes_every_stage(tiny_export, tiny_base):
     assert unet["merged_lora"] is None
     assert "weight_map" not in unet, "an ordinary export hashes no weights"
     lora = manifest["stages"]["unet_lora"]
-    assert [i["name"] for i in lora["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
+    names = ["sample", "timestep", "encoder_hidden_states", "region_hidden_states", "region_masks"]
+    assert [i["name"] for i in lora["inputs"]] == names
+    assert lora["regions"] == tiny_export.deployment.regions == 4
+    assert lora["inputs"][3]["shape"] == ["batch", 4, 77, 32]
+    assert lora["inputs"][4]["shape"] == ["batch", 4, "2*height_units", "2*width_units"]
     assert len(lora["lora_inputs"]) == 2 * len(tiny_base.spec.lora_targets)
 
 

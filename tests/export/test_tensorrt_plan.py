@@ -47,7 +47,8 @@ def test_missing_tensorrt_is_a_clear_error(tiny_export):
 
 def test_profiles_follow_the_recipe(tiny_export):
     recipe = load_recipe("tiny")
-    assert engine_stages(tiny_export) == ("text_encoder", "unet", "vae_decoder")
+    # unet_lora takes regions (without adapters on TensorRT), so it gets an engine too.
+    assert engine_stages(tiny_export) == ("text_encoder", "unet", "unet_lora", "vae_decoder")
     (text,) = stage_profiles(tiny_export, "text_encoder", recipe)
     assert text == {
         "input_ids": ((1, 77), (2, 77), (8, 77)),
@@ -57,6 +58,9 @@ def test_profiles_follow_the_recipe(tiny_export):
     assert unet["sample"] == ((1, 4, 16, 16), (2, 4, 32, 32), (8, 4, 64, 64))
     assert unet["timestep"] == ((1,), (2,), (8,))
     assert unet["encoder_hidden_states"] == ((1, 77, 32), (2, 77, 32), (8, 77, 32))
+    (lora,) = stage_profiles(tiny_export, "unet_lora", recipe)
+    assert lora["region_hidden_states"] == ((1, 4, 77, 32), (2, 4, 77, 32), (8, 4, 77, 32))
+    assert lora["region_masks"] == ((1, 4, 16, 16), (2, 4, 32, 32), (8, 4, 64, 64))
     (vae,) = stage_profiles(tiny_export, "vae_decoder", recipe)
     assert vae == {"latent_sample": unet["sample"]}
 

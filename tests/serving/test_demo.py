@@ -16,9 +16,11 @@ def test_demo_serves_hot_loads_and_summarises(tiny_export, tmp_path):
     figures = demo.main(
         ["--workdir", str(tmp_path), "--steps", "2", "--requests", "2", "--json", str(tmp_path / "figures.json")]
     )
-    for name in ("joe-and-rex.png", "ann.png"):
+    for name in ("joe-and-rex.png", "joe-left-rex-right.png", "ann.png"):
         image = np.asarray(Image.open(tmp_path / name))
         assert image.shape == (64, 64, 3) and image.std() > 0
+    regional = np.asarray(Image.open(tmp_path / "joe-left-rex-right.png"))
+    assert np.abs(regional.astype(int) - np.asarray(Image.open(tmp_path / "joe-and-rex.png"))).max() > 0
     saved = json.loads((tmp_path / "figures.json").read_text())
     assert saved["served"]["count"] == saved["in_process_onnxruntime"]["count"] == 2
     assert saved["hot_load_ms"] > 0 and saved["served_over_onnxruntime_p50"] > 0

@@ -54,9 +54,12 @@ def test_python_repository_is_complete(tiny_export, tmp_path):
         "encoder_hidden_states": ([77, 32], False),
     }
     assert unet.input[1].HasField("reshape") and list(unet.input[1].reshape.shape) == []
-    assert "lora_id" in _inputs(read_config(repo / "unet_lora" / "config.pbtxt"))
+    lora = _inputs(read_config(repo / "unet_lora" / "config.pbtxt"))
+    assert lora["lora_id"] == ([1], True)
+    assert lora["region_hidden_states"] == ([4, 77, 32], False) and lora["region_masks"] == ([4, -1, -1], False)
     pipeline = read_config(repo / "clif_pipeline" / "config.pbtxt")
     assert [i.name for i in pipeline.input] == [f.name for f in PIPELINE_INPUTS]
+    assert _inputs(pipeline)["regions"] == ([-1], True)
     assert pipeline.instance_group[0].count == 3 and pipeline.max_batch_size == 0
     assert _parameters(pipeline).lora_adapters
     assert read_folder(repo / "clif_pipeline" / "1").deployment.limits.max_size == 128
@@ -87,7 +90,9 @@ def test_native_backends_get_native_configs(tiny_export, tmp_path, capsys):
     )
     repo = tmp_path / "ort"
     assert capsys.readouterr().out.strip() == str(repo.resolve())
-    assert not (repo / "unet_lora").exists()  # adapters need the python backend
+    # unet_lora serves regions there, without adapters (those need the python backend).
+    lora = read_config(repo / "unet_lora" / "config.pbtxt")
+    assert lora.backend == "onnxruntime" and "lora_id" not in _inputs(lora) and "region_masks" in _inputs(lora)
     for stage in STAGES:
         config = read_config(repo / stage / "config.pbtxt")
         assert config.backend == "onnxruntime" and config.default_model_filename == "model.onnx"
@@ -101,10 +106,10 @@ def test_native_backends_get_native_configs(tiny_export, tmp_path, capsys):
     assert not (tmp_path / "trt").exists()
     # Structure only: engines cannot be built here, so placeholder files stand in for them.
     export = shutil.copytree(tiny_export.root, tmp_path / "export-with-engines")
-    for stage in STAGES:
+    for stage in (*STAGES, "unet_lora"):
         (export / stage / "model.plan").write_bytes(b"placeholder, not an engine")
     repo = build_repository(export, tmp_path / "trt", RepoOptions(backend="tensorrt"))
-    for stage in STAGES:
+    for stage in (*STAGES, "unet_lora"):
         config = read_config(repo / stage / "config.pbtxt")
         assert config.platform == "tensorrt_plan" and config.default_model_filename == "model.plan"
         assert (repo / stage / "1" / "model.plan").is_file()
@@ -144,7 +149,8 @@ def test_merged_export_routes_alike_on_every_backend(tiny_xl_export, tmp_path):
     native = build_repository(tiny_xl_export.root, tmp_path / "ort", RepoOptions(backend="onnxruntime"))
     lora = read_config(native / "unet_lora" / "config.pbtxt")
     assert lora.backend == "onnxruntime" and "lora_id" not in _inputs(lora)
-    assert _inputs(lora) == _inputs(read_config(native / "unet" / "config.pbtxt"))
+    regions = {"region_hidden_states": ([4, 77, 64], False), "region_masks": ([4, -1, -1], False)}
+    assert _inputs(lora) == _inputs(read_config(native / "unet" / "config.pbtxt")) | regions
     for model in ("clif_pipeline", "clif_concepts"):
         assert not _parameters(read_config(native / model / "config.pbtxt")).lora_adapters
     export = shutil.copytree(tiny_xl_export.root, tmp_path / "export-with-engines")

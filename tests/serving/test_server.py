@@ -29,6 +29,7 @@ from clif_serve.concepts.registry import ConceptRegistry
 from clif_serve.errors import InputError, PackError
 from clif_serve.runtime.images import to_uint8
 from clif_serve.runtime.pipeline import ConceptPipeline
+from clif_serve.runtime.regions import Region
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.runtime.torch_executor import TorchExecutor
 from clif_serve.serving.client import ClifClient
@@ -320,43 +321,44 @@ def _stats(client: ClifClient, model: str) -> dict[int, int]:
     }
 
 
-def test_requests_with_different_concepts_share_batches(served, packs, tiny_export):
-    """Four clients, four different concepts, sent together: the stage batchers merge them."""
-    names = ("joe", "rex", "kim", "max")
-    _ensure(served.client, *(packs[name] for name in names))
-    before = {model: _stats(served.client, model) for model in ("text_encoder", "unet")}
-    expected = {
-        name: served.client.generate(GenerationRequest(f"a photo of <{name}>", steps=4, seed=2))
-        for name in names
-    }
-    barrier, results, errors = threading.Barrier(len(names)), {}, []
+def generate_together(served, requests: dict[str, GenerationRequest], models: tuple[str, ...], rounds: int = 3):
+    """Each request from its own client, all sent together `rounds` times; returns the images by name and,
+    per stage model, the executions of batches of more than 2 samples this ran (a request sends 2)."""
+    before = {model: _stats(served.client, model) for model in models}
+    barrier, results, errors = threading.Barrier(len(requests)), {}, []
 
     def client_loop(name: str) -> None:
         with ClifClient(served.server.grpc_url) as client:
-            for _ in range(3):
+            for _ in range(rounds):
                 barrier.wait(timeout=60)
                 try:
-                    results.setdefault(name, []).append(
-                        client.generate(GenerationRequest(f"a photo of <{name}>", steps=4, seed=2))
-                    )
+                    results.setdefault(name, []).append(client.generate(requests[name]))
                 except Exception as exc:  # reported below
                     errors.append(exc)
 
-    threads = [threading.Thread(target=client_loop, args=(name,)) for name in names]
+    threads = [threading.Thread(target=client_loop, args=(name,)) for name in requests]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=240)
-    assert not errors and all(len(results[name]) == 3 for name in names)
+    assert not errors and all(len(results[name]) == rounds for name in requests), errors
     merged = {}
     for model, counts in before.items():
         after = _stats(served.client, model)
         merged[model] = {
-            size: after[size] - counts.get(size, 0)
-            for size in after
-            if size > 2 and after[size] > counts.get(size, 0)
+            size: after[size] - counts.get(size, 0) for size in after if size > 2 and after[size] > counts.get(size, 0)
         }
     print(f"\nexecutions by batch size > 2 (each request sends 2 samples): {merged}")
+    return results, merged
+
+
+def test_requests_with_different_concepts_share_batches(served, packs, tiny_export):
+    """Four clients, four different concepts, sent together: the stage batchers merge them."""
+    names = ("joe", "rex", "kim", "max")
+    _ensure(served.client, *(packs[name] for name in names))
+    requests = {name: GenerationRequest(f"a photo of <{name}>", steps=4, seed=2) for name in names}
+    expected = {name: served.client.generate(request) for name, request in requests.items()}
+    results, merged = generate_together(served, requests, ("text_encoder", "unet"))
     # Every request contributes 2 samples (classifier-free guidance): a batch of more than 2 samples
     # holds requests of different clients, and every client uses a different concept.
     assert merged["text_encoder"] and merged["unet"], merged
@@ -429,8 +431,20 @@ def _raw_stage_requests(export) -> list[tuple[str, dict[str, np.ndarray], str]]:
             "encoder_hidden_states": np.zeros((2, spec.max_length, hidden), np.float32),
         }
 
+    def regions(masks=None):
+        """unet_lora's region inputs (its region slots: zero masks, no region, unless `masks` says)."""
+        slots = deployment.regions
+        masks = np.zeros((2, slots, latent, latent), np.float32) if masks is None else masks
+        return unet() | {
+            "region_hidden_states": np.zeros((2, slots, spec.max_length, hidden), np.float32),
+            "region_masks": masks,
+        }
+
     def lora_id(value: bytes):
-        return unet() | {"lora_id": np.array([[value]] * 2, np.object_)}
+        return regions() | {"lora_id": np.array([[value]] * 2, np.object_)}
+
+    overlapping = np.zeros((2, deployment.regions, latent, latent), np.float32)
+    overlapping[1, :2] = 1  # two regions over the whole image
 
     return [
         ("text_encoder", {"input_ids": far, "concept_table": table}, "input_ids"),
@@ -441,39 +455,30 @@ def _raw_stage_requests(export) -> list[tuple[str, dict[str, np.ndarray], str]]:
         ("unet_lora", lora_id(b"\xff"), "lora_id"),
         ("unet_lora", lora_id(b"../../../../etc/passwd"), "lora_id"),
         ("unet_lora", lora_id(b"0123456789abcdef"), "lora_id"),  # well formed, but no such set
+        ("unet_lora", regions(overlapping), "region_masks"),
+        ("unet_lora", regions(overlapping - 2), "region_masks"),
+        ("unet_lora", regions() | {"region_hidden_states": regions()["region_hidden_states"] + np.nan}, "region_hidden_states"),
         ("vae_decoder", {"latent_sample": unet(size=2 * deployment.height.max // spec.vae_scale_factor)["sample"]}, "latent_sample"),
     ]
 
 
-def test_bad_stage_requests_fail_alone(served, packs, tiny_export):
-    """Bad raw requests to every stage model while 8 clients generate: every good request succeeds.
-
-    (Before per-request checks: token id 10^6 failed 16 of 32 batch-mates, lora_id b"\\xff" 32 of 32.)
-    """
-    _ensure(served.client, packs["joe"], packs["ann_lora"])
-    prompts = ["a photo of <joe>", "<ann_lora> in a garden"]
-    stop, failures, good, refusals = threading.Event(), [], [], []
-
-    def client_loop(index: int) -> None:
-        with ClifClient(served.server.grpc_url) as client:
-            for number in range(3):
-                try:
-                    client.generate(GenerationRequest(prompts[index % 2], steps=3, seed=number))
-                    good.append(index)
-                except Exception as exc:  # counted: none may fail
-                    failures.append(repr(exc))
+def answers_while_clients_run(served, client_loop, clients: int, raw_requests: list) -> list[tuple[int, str, str]]:
+    """Run `client_loop(index)` in `clients` threads while one raw gRPC client keeps sending `raw_requests`
+    ((model, inputs by name) pairs); returns (index in raw_requests, status, message) of every answer,
+    status "accepted" for one that was not refused."""
+    stop, answers = threading.Event(), []
 
     def attacker() -> None:
         with grpcclient.InferenceServerClient(served.server.grpc_url) as raw:
             while not stop.is_set():
-                for model, inputs, tensor in _raw_stage_requests(tiny_export):
+                for index, (model, inputs) in enumerate(raw_requests):
                     try:
                         raw.infer(model, [_raw_input(name, value) for name, value in inputs.items()])
-                        refusals.append((model, tensor, "accepted"))
+                        answers.append((index, "accepted", ""))
                     except InferenceServerException as exc:
-                        refusals.append((model, tensor, exc.status(), exc.message()))
+                        answers.append((index, exc.status(), exc.message()))
 
-    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
     bad = threading.Thread(target=attacker)
     bad.start()
     for thread in threads:
@@ -482,6 +487,35 @@ def test_bad_stage_requests_fail_alone(served, packs, tiny_export):
         thread.join(timeout=300)
     stop.set()
     bad.join(timeout=60)
+    return answers
+
+
+def test_bad_stage_requests_fail_alone(served, packs, tiny_export):
+    """Bad raw requests to every stage model while 8 clients generate: every good request succeeds.
+
+    (Before per-request checks: token id 10^6 failed 16 of 32 batch-mates, lora_id b"\\xff" 32 of 32.)
+    """
+    _ensure(served.client, packs["joe"], packs["ann_lora"])
+    regions = (Region("<joe>", box=(0, 0, 0.5, 1)), Region("<ann_lora>", box=(0.5, 0, 1, 1)))
+    requests = [
+        {"prompt": "a photo of <joe>"},
+        {"prompt": "<ann_lora> in a garden"},
+        {"prompt": "<joe> and <ann_lora>", "regions": regions},
+    ]
+    failures, good = [], []
+
+    def client_loop(index: int) -> None:
+        with ClifClient(served.server.grpc_url) as client:
+            for number in range(3):
+                try:
+                    client.generate(GenerationRequest(**requests[index % 3], steps=3, seed=number))
+                    good.append(index)
+                except Exception as exc:  # counted: none may fail
+                    failures.append(repr(exc))
+
+    bad = _raw_stage_requests(tiny_export)
+    answers = answers_while_clients_run(served, client_loop, 8, [(model, inputs) for model, inputs, _ in bad])
+    refusals = [(bad[index][0], bad[index][2], status, message) for index, status, message in answers]
     print(f"\n{len(good)} good requests, {len(failures)} failed, {len(refusals)} bad stage requests refused")
     assert failures == [] and len(good) == 24
     assert len(refusals) >= len(_raw_stage_requests(tiny_export))

@@ -6,6 +6,8 @@ On the real server, with batch-mates generating meanwhile: test_server.py::test_
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,50 @@ def test_vae_latents_follow_the_image_range(deployment):
         check({"latent_sample": _latents(deployment, 2 * deployment.height.max, 64)})
     assert refused.value.field == "latent_sample"
     check({"latent_sample": _latents(deployment, deployment.height.max, deployment.width.min)})
+
+
+def _regional_request(deployment, masks):
+    spec = deployment.spec
+    hidden = np.zeros((2, deployment.regions, spec.max_length, spec.text_encoders[0].hidden_size), np.float32)
+    return unet_request(deployment) | {"region_hidden_states": hidden, "region_masks": masks}
+
+
+def _masks(deployment, pixels=64):
+    latent = pixels // deployment.spec.vae_scale_factor
+    masks = np.zeros((2, deployment.regions, latent, latent), np.float32)
+    masks[1, 0, :, : latent // 2] = 1  # left half
+    masks[1, 1, :, latent // 2 :] = 1  # right half
+    return masks
+
+
+REGION_CHANGES = {
+    "grid": (lambda d, m: _masks(d, pixels=32), "latent grid"),
+    "negative": (lambda d, m: m - 0.5, r"\[0, 1\]"),
+    "above-one": (lambda d, m: m * 2, r"\[0, 1\]"),
+    "overlap": (lambda d, m: m + (np.arange(d.regions) == 2)[None, :, None, None] * m[:, :1], "overlap"),
+    "nan": (lambda d, m: np.full_like(m, np.nan), "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", list(REGION_CHANGES))
+def test_bad_region_masks_are_refused_naming_the_tensor(deployment, case):
+    regional = replace(deployment, regions=4)
+    check = StageRequestCheck(regional, "unet_lora")
+    feed, _ = check(_regional_request(regional, _masks(regional)))  # two touching regions: fine
+    assert set(feed) >= {"region_hidden_states", "region_masks"}
+    change, message = REGION_CHANGES[case]
+    with pytest.raises(InputError, match=message) as refused:
+        check(_regional_request(regional, change(regional, _masks(regional))))
+    assert refused.value.field == "region_masks"
+
+
+def test_region_states_of_the_wrong_slot_count_are_refused(deployment):
+    regional = replace(deployment, regions=4)
+    request = _regional_request(regional, _masks(regional))
+    request["region_hidden_states"] = request["region_hidden_states"][:, :2]
+    with pytest.raises(InputError, match="dimension 1 must be 4") as refused:
+        StageRequestCheck(regional, "unet_lora")(request)
+    assert refused.value.field == "region_hidden_states"
+    with pytest.raises(InputError, match="is required") as refused:
+        StageRequestCheck(regional, "unet_lora")(unet_request(regional))
+    assert refused.value.field == "region_hidden_states"

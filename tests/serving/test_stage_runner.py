@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clif_serve.contract.stages import UNET, UNET_LORA, stage_signature
+from clif_serve.contract.stages import UNET, UNET_LORA
 from clif_serve.serving.stage_runner import StageRunner
 
 
 def _runner(export, stage: str, **kwargs) -> StageRunner:
-    signature = stage_signature(export.spec, stage)
+    signature = export.deployment.signature(stage)
     return StageRunner(export.onnx_path(stage), signature.input_names, signature.output_names, **kwargs)
 
 
@@ -75,11 +75,43 @@ def test_lora_adapter_requests_get_their_adapter(tiny_export, tiny_base, packs, 
         "timestep": np.full(2, 300.0, np.float32),
         "encoder_hidden_states": rng.standard_normal((2, 77, 32), np.float32),
     }
-    with_lora, without = stage.run([feed, feed], adapters=[pack.lora.set_id, None])
+    lora_feed = feed | _regions(rng, count=0)
+    with_lora, without = stage.run([lora_feed, lora_feed], adapters=[pack.lora.set_id, None])
     np.testing.assert_allclose(without["noise_pred"], plain.run([feed])[0]["noise_pred"], atol=1e-5)
     assert np.abs(with_lora["noise_pred"] - without["noise_pred"]).max() > 1e-3
-    assert isinstance(stage.run([feed], adapters=["0" * 16])[0], Exception)  # unknown set: refused alone
+    assert isinstance(stage.run([lora_feed], adapters=["0" * 16])[0], Exception)  # unknown set: refused alone
     pin.release()
+
+
+def _regions(rng, count: int, slots: int = 4, size: int = 32) -> dict[str, np.ndarray]:
+    """Region inputs of a 2-sample request with `count` of the slots used (left/right stripes)."""
+    masks = np.zeros((2, slots, size, size), np.float32)
+    for region in range(count):
+        masks[1, region, :, region * size // count : (region + 1) * size // count] = 1
+    return {
+        "region_hidden_states": rng.standard_normal((2, slots, 77, 32), np.float32),
+        "region_masks": masks,
+    }
+
+
+def test_regional_and_plain_requests_share_one_unet_lora_run(tiny_export):
+    """Requests with 0, 2 and 4 regions have one shape: one run, each answer equal to its own run, and a
+    request without regions gets what the plain unet gives."""
+    stage, plain = _runner(tiny_export, UNET_LORA), _runner(tiny_export, UNET)
+    rng = np.random.default_rng(4)
+    base = {
+        "sample": rng.standard_normal((2, 4, 32, 32), np.float32),
+        "timestep": np.full(2, 400.0, np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32), np.float32),
+    }
+    feeds = [base | _regions(rng, count) for count in (0, 2, 4)]
+    together = stage.run(feeds)
+    for feed, result in zip(feeds, together, strict=True):
+        np.testing.assert_allclose(result["noise_pred"], stage.run([feed])[0]["noise_pred"], atol=1e-5)
+    alone = stage.run([feeds[0]])[0]["noise_pred"]
+    np.testing.assert_array_equal(alone, plain.run([base])[0]["noise_pred"])  # zero masks: exactly plain
+    assert np.abs(together[1]["noise_pred"] - together[0]["noise_pred"]).max() > 1e-3
+    assert np.abs(together[2]["noise_pred"] - together[1]["noise_pred"]).max() > 1e-3
 
 
 @pytest.mark.parametrize("rows", [8, 32])
