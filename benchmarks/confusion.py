@@ -194,12 +194,27 @@ def run_seed(seed: int, world: World, rows: list[Row], args, work: Path, samples
         score = score_images([judge_image(found, pair) for found in objects])
         retrieval = retrieval_confusion(region_features, labels, concept_text_features(base, tower, packs))
         result["rows"][row.name] = {
-            **score.to_dict(), "retrieval": retrieval, "generate_and_judge_s": round(time.perf_counter() - started, 2),
+            **score.to_dict(), "retrieval": retrieval, "embeddings": embedding_shift(packs, trained.get(row.run), base),
+            "generate_and_judge_s": round(time.perf_counter() - started, 2),
         }
         if seed == 0:
             half = args.images // 2
             samples.setdefault("rows", []).append((row.name, images[: min(4, half)], images[half : half + min(4, half)]))
     return result
+
+
+def embedding_shift(packs, run_packs: dict | None, base) -> dict:
+    """How far the rows moved: relative distance from the class-word start and from the stage-1 result."""
+    def rows(of) -> torch.Tensor:
+        return torch.cat([pack.embeddings["text_encoder"] for pack in of])
+
+    current = rows(packs)
+    start = rows([new_pack(base, pack.name, pack.class_word) for pack in packs])
+    shift = {"from_init": float((current - start).norm() / start.norm()), "norm_ratio": float(current.norm() / start.norm())}
+    if run_packs is not None and "clif" in run_packs:
+        stage_one = rows(run_packs["clif"])
+        shift["from_stage1"] = float((current - stage_one).norm() / stage_one.norm())
+    return shift
 
 
 def summarise(per_seed: dict[int, dict], rows: list[Row]) -> dict:
@@ -209,6 +224,8 @@ def summarise(per_seed: dict[int, dict], rows: list[Row]) -> dict:
         values = [per_seed[seed]["rows"][row.name] for seed in per_seed]
         entry = {key: mean_ci([v[key] for v in values]) for key in ("confusion", "leakage", "missing", "clean")}
         entry["objects_per_image"] = float(np.mean([v["objects_per_image"] for v in values]))
+        for key in values[0]["embeddings"]:
+            entry[f"embedding_{key}"] = float(np.mean([v["embeddings"][key] for v in values]))
         for key in ("calibrated", "raw"):
             entry[f"retrieval_{key}"] = mean_ci([v["retrieval"][key] for v in values])
         if row.run is not None:
@@ -252,6 +269,15 @@ def markdown(report: dict) -> str:
         seconds = f"{entry['train_seconds_mean']:.0f}" if "train_seconds_mean" in entry else "-"
         lines.append(f"| {name} | {' | '.join(cells)} | {entry['objects_per_image']:.2f} | "
                      f"{_cell(entry['retrieval_calibrated'])} | {seconds} |")
+    lines += [
+        "", "Where the concept rows went (means over seeds): relative distance from the class-word start and from",
+        "the stage-1 result of the same run, norm relative to the start, and the raw retrieval confusion.", "",
+        "| row | moved from start | moved from stage 1 | norm / start | retrieval (raw) |", "| --- | --- | --- | --- | --- |",
+    ]
+    for name, entry in report["summary"].items():
+        stage_one = f"{entry['embedding_from_stage1']:.2f}" if "embedding_from_stage1" in entry else "-"
+        lines.append(f"| {name} | {entry['embedding_from_init']:.2f} | {stage_one} | {entry['embedding_norm_ratio']:.2f} | "
+                     f"{_cell(entry['retrieval_raw'])} |")
     if report.get("goal"):
         g = report["goal"]
         lines += ["", f"Goal (default pipeline <= 50 % of TI + joint LoRA, intervals apart): ratio {g['ratio']['ratio']:.2f} "

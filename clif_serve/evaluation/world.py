@@ -6,9 +6,11 @@ toys side by side ("X and Y": X in the left half, Y in the right half), on a lig
 background. Every render comes with its ground truth: which pixels belong to which toy and part,
 so the judge can be trained on it and the confusion metric can be checked against it.
 
-Textures are coarse on purpose (stripes and dots with a 6-pixel period): the world model draws
-64x64 images through a 4x VAE, and a texture it cannot represent would make the distinctive
-attribute of a look-alike pair unlearnable for every method alike.
+Textures are coarse on purpose (stripes and dots with an 8-pixel period on a grid fixed to the
+canvas): the world model draws 64x64 images through a 4x VAE, and an 8-pixel period is two of its
+latent cells, so a texture lines up with them. A texture the VAE could not represent (a 6-pixel
+period aliased into stripes) would make the distinctive attribute of a look-alike pair unlearnable
+for every method alike.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ PARTS = ("background", "body", "head")
 ATTRIBUTES = ("body_shape", "body_colour", "texture", "head_shape", "head_colour")
 # The attributes that tell two look-alike concepts apart (look_alike_pair keeps the others equal).
 DISTINCTIVE = ("texture", "head_colour")
-PERIOD = 6  # texture period in pixels
+PERIOD = 8  # texture period in pixels: two latent cells of the 4x VAE, so a texture lines up with them
 
 
 @dataclass(frozen=True)

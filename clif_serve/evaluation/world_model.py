@@ -74,10 +74,10 @@ class WorldRecipe:
     seed: int = 0
     images: int = 24_000  # renders the VAE and the UNet train on
     clip_images: int = 8_000
-    vae_steps: int = 2_000
-    clip_steps: int = 1_500
+    vae_steps: int = 1_500
+    clip_steps: int = 1_000
     unet_steps: int = 2_000
-    judge_steps: int = 1_500
+    judge_steps: int = 1_000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     judge_held_out: int = 500

@@ -49,3 +49,11 @@ def pair_photos(tmp_path_factory) -> dict[str, Path]:
     rng = np.random.default_rng(3)
     pair = look_alike_pair(rng)
     return {name: write_concept_folder(root / name, toy, rng, 4) for name, toy in zip(("ann", "bob"), pair, strict=True)}
+
+
+@pytest.fixture(scope="session")
+def quick_world(tmp_path_factory):
+    """The smoke-run world (every count tiny: it draws noise), built once per session."""
+    from clif_serve.evaluation.world_model import QUICK_RECIPE, build_world
+
+    return build_world(QUICK_RECIPE, tmp_path_factory.mktemp("worlds"))

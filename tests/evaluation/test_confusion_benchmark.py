@@ -21,9 +21,9 @@ def confusion():
     return module
 
 
-def test_quick_run_writes_every_result(confusion, tmp_path):
+def test_quick_run_writes_every_result(confusion, quick_world, tmp_path):
     out = tmp_path / "results"
-    report = confusion.main(["--quick", "--out", str(out), "--world-root", str(tmp_path / "worlds")])
+    report = confusion.main(["--quick", "--out", str(out), "--world-root", str(quick_world.root)])
     saved = json.loads((out / "confusion.json").read_text())
     rows = [row.name for row in confusion.ROW_SETS["quick"]]
     assert list(saved["summary"]) == rows
