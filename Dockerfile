@@ -5,7 +5,13 @@
 #   docker build -t clif-serve .                                   # embedded tiny model
 #   docker build -t clif-serve --build-arg EXPORT_AT_BUILD=1 .     # ... exported at build time
 #   docker run --gpus all -p 8000:8000 -p 8001:8001 -p 8002:8002 \
-#     -v clif-concepts:/concepts -v clif-data:/data clif-serve
+#     -v clif-concepts:/concepts -v clif-data:/data -v "$PWD/keys":/run/secrets/clif-serve:ro clif-serve
+#
+# The server listens on 0.0.0.0 inside the container and needs both API keys: files
+# `inference-key` and `admin-key` in /run/secrets/clif-serve (a Kubernetes Secret volume), or
+# CLIF_SERVE_INFERENCE_KEY_FILE / CLIF_SERVE_ADMIN_KEY_FILE pointing elsewhere. Without them it
+# refuses to start, unless CLIF_SERVE_INSECURE=1 (a network you trust). Health (/v2/health/*) and
+# metrics (8002) need no key.
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -18,9 +24,9 @@ RUN apt-get update \
 WORKDIR /opt/clif-serve
 COPY pyproject.toml README.md ./
 COPY scripts/ scripts/
+# The export recipes and the model repository template live inside the package (clif_serve/export/recipes,
+# clif_serve/serving/model_repo); the checkout's top-level export/ and model_repo/ are links to them.
 COPY clif_serve/ clif_serve/
-COPY export/ export/
-COPY model_repo/ model_repo/
 
 # The README's install: scripts/bootstrap.sh = `pip install torch==2.13.0`, then
 # `pip install -e .[test]`. From PyPI on x86_64 that torch is the CUDA build, which is fine:
@@ -44,7 +50,9 @@ ENV CLIF_MODEL=${MODEL} \
     CLIF_EXPORT_DIR=/data/export \
     CLIF_REPO_DIR=/data/model_repo \
     CLIF_SERVE_CONCEPT_STORE=/concepts \
-    CLIF_SERVE_CACHE=/data/cache
+    CLIF_SERVE_CACHE=/data/cache \
+    CLIF_SERVE_KEY_DIR=/run/secrets/clif-serve \
+    CLIF_SERVE_INSECURE=
 
 RUN if [ "${EXPORT_AT_BUILD}" = "1" ]; then \
       clif-serve export --model "${CLIF_MODEL}" ${CLIF_RECIPE:+--recipe "${CLIF_RECIPE}"} --out "${CLIF_EXPORT_DIR}"; \
@@ -55,5 +63,7 @@ VOLUME ["/concepts", "/data"]
 EXPOSE 8000 8001 8002
 
 # At start: export unless /data/export holds one (TensorRT engines are built here, on the GPU),
-# write the model repository, then run tritonserver through `clif-serve serve` (SIGTERM stops it).
-CMD ["bash", "-c", "set -e; if [ ! -f \"$CLIF_EXPORT_DIR/manifest.json\" ]; then clif-serve export --model \"$CLIF_MODEL\" ${CLIF_RECIPE:+--recipe \"$CLIF_RECIPE\"} $([ \"$CLIF_BACKEND\" = tensorrt ] && echo --tensorrt) --out \"$CLIF_EXPORT_DIR\" --overwrite; fi; clif-serve repo --export \"$CLIF_EXPORT_DIR\" --out \"$CLIF_REPO_DIR\" --backend \"$CLIF_BACKEND\" --force; exec clif-serve serve --repo \"$CLIF_REPO_DIR\" --concept-store \"$CLIF_SERVE_CONCEPT_STORE\""]
+# write the model repository, take the key files from the key folder (unless the *_KEY_FILE
+# variables point elsewhere), then run tritonserver through `clif-serve serve` on 0.0.0.0
+# (SIGTERM stops it). Keys never appear on clif-serve's command line.
+CMD ["bash", "-c", "set -e; if [ ! -f \"$CLIF_EXPORT_DIR/manifest.json\" ]; then clif-serve export --model \"$CLIF_MODEL\" ${CLIF_RECIPE:+--recipe \"$CLIF_RECIPE\"} $([ \"$CLIF_BACKEND\" = tensorrt ] && echo --tensorrt) --out \"$CLIF_EXPORT_DIR\" --overwrite; fi; clif-serve repo --export \"$CLIF_EXPORT_DIR\" --out \"$CLIF_REPO_DIR\" --backend \"$CLIF_BACKEND\" --force; if [ -f \"$CLIF_SERVE_KEY_DIR/inference-key\" ]; then export CLIF_SERVE_INFERENCE_KEY_FILE=\"${CLIF_SERVE_INFERENCE_KEY_FILE:-$CLIF_SERVE_KEY_DIR/inference-key}\"; fi; if [ -f \"$CLIF_SERVE_KEY_DIR/admin-key\" ]; then export CLIF_SERVE_ADMIN_KEY_FILE=\"${CLIF_SERVE_ADMIN_KEY_FILE:-$CLIF_SERVE_KEY_DIR/admin-key}\"; fi; exec clif-serve serve --repo \"$CLIF_REPO_DIR\" --concept-store \"$CLIF_SERVE_CONCEPT_STORE\" --address 0.0.0.0 $([ \"$CLIF_SERVE_INSECURE\" = 1 ] && echo --insecure)"]

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         PROMPT, negative_prompt=NEGATIVE, steps=args.steps, guidance_scale=7.5, seed=0
     )
     request = request.validated(base.spec)
-    diffusers_pipe = diffusers_pipeline(base, packs, work)
+    diffusers_pipe = diffusers_pipeline(base, packs)
     ours = {
         "clif TorchExecutor": torch_pipeline("tiny", packs),
         **{

@@ -19,6 +19,20 @@ def cache_dir() -> Path:
     return base / "clif-serve"
 
 
+def staging_dir(target: Path, label: str = "staging") -> Path:
+    """A fresh hidden folder beside `target`, to build it in and rename into place.
+
+    It gets the permissions an ordinary `mkdir` would give (mkdtemp makes 0700, which would leave
+    a renamed export or repository unreadable to a server running as another user).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}-{label}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    return folder
+
+
 def cached_model_folder(name: str, marker: str, build: Callable[[Path], None]) -> Path:
     """`cache_dir()/models/<name>`, made once by `build(staging folder)` and renamed into place.
 
@@ -28,8 +42,7 @@ def cached_model_folder(name: str, marker: str, build: Callable[[Path], None]) -
     target = cache_dir() / "models" / name
     if (target / marker).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    staging = staging_dir(target)
     try:
         build(staging)
         try:

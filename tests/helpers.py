@@ -1,4 +1,4 @@
-"""Test helpers: random but valid concept packs and LoRA weights, and unvalidated pack bytes."""
+"""Test helpers: random but valid concept packs and LoRA weights, unvalidated pack bytes, raw safetensors."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def random_pack(base, name: str, class_word: str = "dog", seed: int = 0, num_tok
 
 def random_lora(base, rank: int = 4, alpha: float = 4.0, seed: int = 0, modules: int | None = None):
     """LoRA weights with non-zero A and B for the base UNet's attention projections."""
-    from clif_serve.concepts.lora import LoraWeights
+    from clif_serve.lora.weights import LoraWeights
 
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
@@ -38,3 +38,38 @@ def raw_pack_bytes(pack, embeddings=None, metadata=None) -> bytes:
     if pack.lora is not None:
         tensors.update({LORA_PREFIX + k: v.contiguous() for k, v in pack.lora.tensors.items()})
     return save_safetensors(tensors, metadata={**pack.manifest(), **(metadata or {})})
+
+
+def header_bytes(header: bytes | str, payload: bytes = b"") -> bytes:
+    """Safetensors framing (8-byte little-endian header length, header, payload) around any header text."""
+    import struct
+
+    raw = header.encode() if isinstance(header, str) else header
+    return struct.pack("<Q", len(raw)) + raw + payload
+
+
+def edit_header(data: bytes, edit) -> bytes:
+    """Pack bytes whose JSON header went through `edit(header_dict) -> header_dict` (payload unchanged)."""
+    import json
+    import struct
+
+    (length,) = struct.unpack("<Q", data[:8])
+    header = edit(json.loads(data[8 : 8 + length]))
+    return header_bytes(json.dumps(header), data[8 + length :])
+
+
+def tiny_deployment(spec):
+    """The deployment the tiny recipe exports (`clif_serve/export/recipes/tiny.toml`), without exporting."""
+    from clif_serve.contract.deployment import Deployment
+    from clif_serve.contract.ranges import Range
+    from clif_serve.contract.stages import model_stages
+
+    return Deployment(
+        spec,
+        model_stages(spec, with_unet_lora=True),
+        batch=Range(1, 2, 8),
+        height=Range(32, 64, 128),
+        width=Range(32, 64, 128),
+        concept_rows=Range(1, 4, 32),
+        lora_rank=Range(1, 4, 64),
+    )

@@ -103,3 +103,10 @@ def test_lora_sets_switch_per_request_and_restore_exactly():
     assert torch.equal(_image(pipeline, "<plain>"), plain_before), "no LoRA after LoRA must give the base image"
     with pytest.raises(InputError, match="different LoRA sets"):
         _image(pipeline, "<a> and <b>")
+
+    # A second executor on the same base shares the UNet's adapters: no clash, and its requests
+    # without LoRA run the base UNet even after the first one's ran with an adapter.
+    other = ConceptPipeline(TorchExecutor(base), base.tokenizers, ConceptRegistry(base.spec, packs))
+    assert torch.equal(_image(other, "<plain>, <a>"), with_a)
+    _image(pipeline, "<plain>, <b>")
+    assert torch.equal(_image(other, "<plain>"), plain_before)

@@ -1,1 +1,1 @@
-"""The latency benchmarking suite behind `clif-serve bench` (see docs/benchmarks.md)."""
+"""The latency benchmarking suite behind `clif-serve bench` (results and how to read them: README, benchmarks/results/)."""

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
 
 from clif_serve.concepts.create import new_pack
 from clif_serve.concepts.pack import ConceptPack
-from clif_serve.concepts.textual_inversion import export_textual_inversion
+from clif_serve.concepts.textual_inversion import load_into_diffusers
 from clif_serve.models.loading import BaseModel
 
 
@@ -26,18 +25,10 @@ def stand_in_packs(base: BaseModel, names_and_words: Sequence[tuple[str, str]], 
     return packs
 
 
-def diffusers_pipeline(base: BaseModel, packs: Sequence[ConceptPack], folder: Path) -> DiffusionPipeline:
-    """diffusers' eager pipeline for the same folder, with the packs loaded by `load_textual_inversion`."""
+def diffusers_pipeline(base: BaseModel, packs: Sequence[ConceptPack]) -> DiffusionPipeline:
+    """diffusers' eager pipeline for the same folder, with the packs' tokens loaded by `load_textual_inversion`."""
     pipe = DiffusionPipeline.from_pretrained(base.path, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     for pack in packs:
-        if base.spec.kind == "sd15":
-            path = export_textual_inversion(pack, folder / f"{pack.name}.safetensors")
-            pipe.load_textual_inversion(str(path), token=pack.trigger)
-            continue
-        for encoder, tokenizer, name in (
-            (pipe.text_encoder, pipe.tokenizer, "text_encoder"),
-            (pipe.text_encoder_2, pipe.tokenizer_2, "text_encoder_2"),
-        ):
-            pipe.load_textual_inversion(pack.embeddings[name], token=pack.trigger, text_encoder=encoder, tokenizer=tokenizer)
+        load_into_diffusers(pipe, pack)
     return pipe

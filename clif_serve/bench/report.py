@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from clif_serve.serving.protocol import PIPELINE_MODEL  # noqa: E402
+
 JSON_FILE, MARKDOWN_FILE = "bench.json", "bench.md"
 CONCURRENCY_PLOT, STAGES_PLOT = "latency_vs_concurrency.png", "stage_breakdown.png"
 
@@ -18,26 +20,36 @@ def _ms(summary: dict | None) -> str:
     return "-" if not summary else f"{summary['p50']:.1f} / {summary['p95']:.1f} / {summary['p99']:.1f}"
 
 
+def conditions(report: dict, clients: str) -> str:
+    """What a figure was measured under: model, steps, clients, CPU."""
+    cfg, env = report["config"], report["environment"]
+    return f"{cfg['model']}, {cfg['steps']} steps, {clients}, {env['cpu']} ({env['cpu_count']} cores)"
+
+
 def markdown(report: dict) -> str:
     """Goals, end-to-end latency, concurrency, stages and hot-load as markdown tables."""
-    env, inproc, served = report["environment"], report["in_process"], report["served"]
+    env, e2e = report["environment"], report["end_to_end"]
     cfg = report["config"]
     lines = [
-        f"Benchmark of `{cfg['model']}` ({cfg['steps']} steps, {cfg['requests']} timed requests after "
-        f"{cfg['warmup']} warm-up) on {env['cpu']} ({env['cpu_count']} cores), torch {env['versions']['torch']}, "
-        f"onnxruntime {env['versions']['onnxruntime']}.",
+        f"Benchmark of `{cfg['model']}` ({cfg['steps']} steps, {cfg['repetitions']} interleaved rounds of "
+        f"{cfg['requests']} timed requests after {cfg['warmup']} warm-up) on {env['cpu']} ({env['cpu_count']} cores), "
+        f"torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}. A goal is met only when "
+        "every round meets it; \"unclear\" when the rounds straddle it.",
         "",
-        "| goal | measured | target | met |",
-        "|---|---|---|---|",
+        "| goal | median | min – max | target | verdict |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {g['goal']} | {g['measured']:.3g} | {g['target']} | {'yes' if g['met'] else 'no'} |" for g in report["goals"]]
+    lines += [
+        f"| {g['goal']} | {g['median']:.3g} | {g['min']:.3g} – {g['max']:.3g} | {g['op']} {g['target']:g} | {g['verdict']} |"
+        for g in report["goals"]
+    ]
     lines += [
         "",
-        "| end to end | p50 / p95 / p99 (ms) |",
+        "| end to end (all rounds) | p50 / p95 / p99 (ms) |",
         "|---|---|",
-        f"| diffusers eager (in process) | {_ms(inproc['diffusers'])} |",
-        f"| clif-serve ONNX Runtime (in process) | {_ms(inproc['ort'])} |",
-        f"| clif-serve served (Triton, gRPC, 1 client) | {_ms(served['latency_ms'])} |",
+        f"| diffusers eager (in process) | {_ms(e2e['diffusers'])} |",
+        f"| clif-serve ONNX Runtime (in process) | {_ms(e2e['ort'])} |",
+        f"| clif-serve served (Triton, gRPC, 1 client) | {_ms(e2e['served'])} |",
         "",
         "| clients | requests | failed | throughput (req/s) | p50 / p95 / p99 (ms) |",
         "|---|---|---|---|---|",
@@ -46,69 +58,85 @@ def markdown(report: dict) -> str:
         f"| {row['concurrency']} | {row['completed']} | {row['failed']} | {row['throughput_rps']:.2f} | {_ms(row['latency_ms'])} |"
         for row in report["concurrency"]
     ]
-    lines += ["", "| stage (in-process ORT) | p50 / p95 / p99 (ms) |", "|---|---|"]
-    lines += [f"| {stage} | {_ms(summary)} |" for stage, summary in inproc["ort_stages"].items()]
-    lines += ["", "| served model | requests | executions | mean request ms | mean compute ms | batches by size |", "|---|---|---|---|---|---|"]
-    for model, row in served["server_models"].items():
-        lines.append(
-            f"| {model} | {row['requests']} | {row['executions']} | {row['success_mean_ms'] or 0:.2f} | "
-            f"{row['compute_infer_mean_ms'] or 0:.2f} | {row['batches_by_size']} |"
-        )
-    mixed, hot = report["mixed"], report["hotload"]
+    lines += ["", "| stage (in-process ORT) | p50 / p95 / p99 (ms per call) | ms per request |", "|---|---|---|"]
+    lines += [
+        f"| {stage} | {_ms(summary)} | {e2e['ort_stage_ms_per_request'][stage]:.1f} |"
+        for stage, summary in e2e["ort_stages"].items()
+    ]
     lines += [
         "",
-        f"Mixed concepts: {mixed['clients']} clients, throughput mixed {mixed['throughput_rps']['mixed']:.2f} vs single "
-        f"{mixed['throughput_rps']['single']:.2f} req/s (ratio {mixed['ratio_mixed_over_single']:.2f}); executions by "
+        "| served model (1 client) | samples | executions | mean compute ms per execution | queue / compute / total ms per pipeline request | batches by size |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, row in e2e["served_models"].items():
+        share = e2e["served_ms_per_request"][model]
+        lines.append(
+            f"| {model} | {row['requests']} | {row['executions']} | {row['compute_infer_mean_ms'] or 0:.2f} | "
+            f"{share['queue']:.1f} / {share['compute']:.1f} / {share['total']:.1f} | {row['batches_by_size']} |"
+        )
+    mixed, hot = report["mixed"], report["hotload"]
+    ratios = ", ".join(f"{r:.2f}" for r in mixed["ratio_mixed_over_single"])
+    lines += [
+        "",
+        f"Mixed concepts: {mixed['clients']} clients, mean throughput mixed {mixed['throughput_rps']['mixed']:.2f} vs single "
+        f"{mixed['throughput_rps']['single']:.2f} req/s (ratio per round {ratios}); executions by "
         "batch size (samples; 2 per request) in the last mixed round: "
         + ", ".join(f"{model} {row['batches_by_size']}" for model, row in mixed["server_batches_last_round"]["mixed"].items())
         + ".",
-        f"Hot-load under {hot['background_clients']} clients: add {_ms(hot['add_ms'])} ms, send -> first image "
-        f"{_ms(hot['send_to_first_image_ms'])} ms, remove {_ms(hot['remove_ms'])} ms; background "
-        f"{hot['background']['completed']} requests, {hot['background']['failed']} failed.",
     ]
+    for index, round_ in enumerate(hot):
+        lines.append(
+            f"Hot-load round {index + 1} under {round_['background_clients']} clients: add {_ms(round_['add_ms'])} ms, send -> "
+            f"first image {_ms(round_['send_to_first_image_ms'])} ms, remove {_ms(round_['remove_ms'])} ms; background "
+            f"{round_['background']['completed']} requests, {round_['background']['failed']} failed."
+        )
     return "\n".join(lines) + "\n"
 
 
 def plot_concurrency(report: dict, path: Path) -> None:
-    """p50/p95 latency and throughput against the number of clients."""
+    """p50/p95 latency and throughput against the number of clients (both axes from zero)."""
     rows = [row for row in report["concurrency"] if row["latency_ms"]]
     clients = [row["concurrency"] for row in rows]
-    figure, latency_axis = plt.subplots(figsize=(6, 4))
+    figure, latency_axis = plt.subplots(figsize=(6.5, 4))
     latency_axis.plot(clients, [row["latency_ms"]["p50"] for row in rows], "o-", label="p50")
     latency_axis.plot(clients, [row["latency_ms"]["p95"] for row in rows], "s--", label="p95")
     latency_axis.set_xlabel("concurrent clients")
     latency_axis.set_ylabel("latency (ms)")
+    latency_axis.set_ylim(bottom=0)
     throughput_axis = latency_axis.twinx()
     throughput_axis.plot(clients, [row["throughput_rps"] for row in rows], "^:", color="tab:green", label="throughput")
     throughput_axis.set_ylabel("throughput (req/s)")
+    throughput_axis.set_ylim(bottom=0)
     lines = latency_axis.get_lines() + throughput_axis.get_lines()
     latency_axis.legend(lines, [line.get_label() for line in lines], loc="upper left")
+    latency_axis.set_title(f"served: {conditions(report, 'closed-loop clients')}", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
+def served_bar(e2e: dict) -> dict[str, float]:
+    """A served request's time (ms) split by model, the rest being the BLS loop and transfers: the
+    segments sum to the pipeline's mean request time in the same measurement."""
+    shares = e2e["served_ms_per_request"]
+    segments = {model: share["total"] for model, share in shares.items() if model != PIPELINE_MODEL}
+    segments["BLS loop + transfers"] = max(0.0, shares[PIPELINE_MODEL]["total"] - sum(segments.values()))
+    return segments
+
+
 def plot_stages(report: dict, path: Path) -> None:
-    """Where a request's time goes, in process (ORT stages) and served (per-model means)."""
-    steps = report["config"]["steps"]
-    stages = report["in_process"]["ort_stages"]
-    served = report["served"]["server_models"]
-    inproc = {name: summary["mean"] * (steps if name == "unet_step" else 1) for name, summary in stages.items()}
-    figure, axis = plt.subplots(figsize=(6, 4))
-    bottom = 0.0
-    for name, value in inproc.items():
-        axis.bar("in process (ORT)", value, bottom=bottom, label=f"in process: {name}")
-        bottom += value
-    bottom = 0.0
-    for model, row in served.items():
-        if model == "clif_pipeline" or not row["success_mean_ms"]:
-            continue
-        total = row["success_mean_ms"] * row["requests"] / max(1, served["clif_pipeline"]["requests"])
-        axis.bar("served (Triton)", total, bottom=bottom, label=f"served: {model}")
-        bottom += total
-    pipeline_ms = served["clif_pipeline"]["success_mean_ms"] or 0.0
-    axis.bar("served (Triton)", max(0.0, pipeline_ms - bottom), bottom=bottom, label="served: BLS + loop overhead")
+    """Where one request's time goes, in process (ORT stages) and served (per model), from the
+    end-to-end rounds (one client)."""
+    e2e = report["end_to_end"]
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    for label, segments in (("in process (ORT)", e2e["ort_stage_ms_per_request"]), ("served (Triton)", served_bar(e2e))):
+        bottom = 0.0
+        for name, value in segments.items():
+            axis.bar(label, value, bottom=bottom, label=f"{label.split(' ')[0]}: {name}")
+            bottom += value
     axis.set_ylabel("ms per request")
+    axis.set_ylim(bottom=0)
+    axis.set_title(f"one request: {conditions(report, '1 client')}", fontsize=8)
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -1,10 +1,17 @@
-"""Per-model figures from Triton's inference statistics, as differences between two snapshots."""
+"""Per-model figures from Triton's inference statistics, as differences between two snapshots.
+
+Triton counts two things per model: `inference_count` (samples, batch elements) and the
+`success` / `queue` / `compute_infer` durations (one per request). A pipeline request's stage
+time is therefore a stage's *request* total divided by the pipeline's request count
+(`per_pipeline_request`), never a mean multiplied by samples.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from clif_serve.serving.client import ClifClient
+from clif_serve.serving.protocol import PIPELINE_MODEL
 
 
 def snapshot(client: ClifClient, models: Iterable[str]) -> dict[str, dict]:
@@ -22,7 +29,8 @@ def _batch_sizes(stats: dict) -> dict[int, int]:
 
 
 def difference(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
-    """Per model: requests, executions, mean and total request/queue/compute ms, batch-size histogram in between."""
+    """Per model, between two snapshots: samples (`requests`), executions, and per kind (success, queue,
+    compute_infer) the request count, mean and total ms; plus the batch-size histogram."""
     figures = {}
     for model, now in after.items():
         then = before.get(model, {})
@@ -32,6 +40,7 @@ def difference(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dic
         for key in ("success", "queue", "compute_infer"):
             count = _ns(now, key)[0] - _ns(then, key)[0]
             total = _ns(now, key)[1] - _ns(then, key)[1]
+            row[f"{key}_count"] = count
             row[f"{key}_mean_ms"] = total / count / 1e6 if count else None
             row[f"{key}_total_ms"] = total / 1e6
         earlier = _batch_sizes(then)
@@ -42,3 +51,18 @@ def difference(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dic
         }
         figures[model] = row
     return figures
+
+
+def per_pipeline_request(figures: dict[str, dict], pipeline: str = PIPELINE_MODEL) -> dict[str, dict[str, float]]:
+    """Mean ms per pipeline request spent queued, computing and in all (success) at each model."""
+    requests = figures[pipeline]["success_count"]
+    if not requests:
+        raise ValueError(f"no successful {pipeline} request between the snapshots")
+    return {
+        model: {
+            "queue": row["queue_total_ms"] / requests,
+            "compute": row["compute_infer_total_ms"] / requests,
+            "total": row["success_total_ms"] / requests,
+        }
+        for model, row in figures.items()
+    }

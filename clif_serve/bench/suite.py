@@ -1,15 +1,20 @@
 """The benchmark suite: per stage and end to end, served vs in process vs diffusers, concurrency,
-mixed concepts, and hot-load under load — all in one run, so ratios compare like with like."""
+mixed concepts, and hot-load under load — all in one run, so ratios compare like with like.
+
+Every goal is measured in `repetitions` (>= 3) rounds; within a round the pipelines being compared
+take turns request by request, so a change in machine load hits them alike. A goal's figure is
+the median of the rounds with their min-max range, and its verdict is "met" only when every round
+meets it, "unclear" when some do, "not met" when none does (`verdict`).
+"""
 
 from __future__ import annotations
 
 import math
-import tempfile
+import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -17,12 +22,13 @@ from tqdm import tqdm
 from clif_serve.bench.baselines import diffusers_pipeline, stand_in_packs
 from clif_serve.bench.environment import describe_environment
 from clif_serve.bench.load import LoadResult, run_load
-from clif_serve.bench.server_stats import difference, snapshot
+from clif_serve.bench.server_stats import difference, per_pipeline_request, snapshot
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.bench.timed_executor import TimedExecutor
 from clif_serve.concepts.create import new_pack
 from clif_serve.concepts.registry import ConceptRegistry
-from clif_serve.export.layout import ExportFolder
+from clif_serve.contract.folder import ExportFolder
+from clif_serve.contract.stages import UNET, VAE_DECODER
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.ort_executor import OrtExecutor, OrtSettings
 from clif_serve.runtime.pipeline import ConceptPipeline
@@ -53,6 +59,7 @@ class BenchConfig:
     hotload_clients: int = 4
     max_seconds: float = 180.0
     seed: int = 0
+    repetitions: int = 3
 
     def request(self, prompt: str = PROMPT, seed: int | None = None) -> GenerationRequest:
         return GenerationRequest(prompt, steps=self.steps, seed=self.seed if seed is None else seed)
@@ -73,39 +80,59 @@ class Progress:
         self.bar.update(1)
 
 
-def _timed_requests(run: Callable[[], object], warmup: int, count: int, progress: Progress) -> LatencySummary:
-    for _ in range(warmup):
-        run()
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - start) * 1000)
-        progress.tick()
-    return LatencySummary.of(samples)
+def _timed(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return (time.perf_counter() - started) * 1000
 
 
-def in_process(config: BenchConfig, base, packs, progress: Progress) -> dict:
-    """ORT pipeline (with per-stage timing) and diffusers eager on the same request, in this process."""
+def end_to_end_rounds(config: BenchConfig, client: ClifClient, base, packs, progress: Progress) -> dict:
+    """diffusers eager, the ORT pipeline (per-stage timed) and the served pipeline on the same request.
+
+    `repetitions` rounds of `requests` requests each, the three taking turns request by request;
+    per round the p50 of each. The server statistics between the first and the last served request
+    give where a served request's time goes (`served_models`), the ORT stage timings the same in
+    process (`ort_stage_ms_per_request`).
+    """
     executor = TimedExecutor(OrtExecutor(config.export, OrtSettings()))
     ort = ConceptPipeline(executor, config.export.tokenizers(), ConceptRegistry(config.export.spec, packs))
     request = config.request()
-    progress.phase("in-process ORT / diffusers", 2 * config.requests)
-    with tempfile.TemporaryDirectory() as folder:
-        reference = diffusers_pipeline(base, packs, Path(folder))
-        diffusers_ms = _timed_requests(
-            lambda: reference(
-                request.prompt, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-                generator=torch.Generator().manual_seed(request.seed), output_type="np",
-            ),
-            config.warmup, config.requests, progress,
-        )
-    for _ in range(config.warmup):
-        ort.generate(request)
+    models = [PIPELINE_MODEL, *config.export.spec.text_encoder_names, UNET, VAE_DECODER]
+    reference = diffusers_pipeline(base, packs)
+    runs = {
+        "diffusers": lambda: reference(
+            request.prompt, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+            generator=torch.Generator().manual_seed(request.seed), output_type="np",
+        ),
+        "ort": lambda: ort.generate(request),
+        "served": lambda: client.generate(request),
+    }
+    for run in runs.values():
+        for _ in range(config.warmup):
+            run()
     executor.reset()
-    ort_ms = _timed_requests(lambda: ort.generate(request), 0, config.requests, progress)
-    stages = {stage: LatencySummary.of(samples).to_dict() for stage, samples in executor.samples.items()}
-    return {"ort": ort_ms.to_dict(), "diffusers": diffusers_ms.to_dict(), "ort_stages": stages}
+    progress.phase("end to end: diffusers / ORT / served", len(runs) * config.requests * config.repetitions)
+    before = snapshot(client, models)
+    rounds, pooled = [], {name: [] for name in runs}
+    for _ in range(config.repetitions):
+        samples = {name: [] for name in runs}
+        for _ in range(config.requests):
+            for name, run in runs.items():
+                samples[name].append(_timed(run))
+                progress.tick()
+        rounds.append({name: LatencySummary.of(values).to_dict() for name, values in samples.items()})
+        for name, values in samples.items():
+            pooled[name] += values
+    served_models = difference(before, snapshot(client, models))
+    timed = config.requests * config.repetitions
+    return {
+        "rounds": rounds,
+        **{name: LatencySummary.of(values).to_dict() for name, values in pooled.items()},
+        "ort_stages": {stage: LatencySummary.of(values).to_dict() for stage, values in executor.samples.items()},
+        "ort_stage_ms_per_request": {stage: sum(values) / timed for stage, values in executor.samples.items()},
+        "served_models": served_models,
+        "served_ms_per_request": per_pipeline_request(served_models),
+    }
 
 
 def warm_up_server(config: BenchConfig) -> None:
@@ -118,16 +145,6 @@ def warm_up_server(config: BenchConfig) -> None:
     result = run_load(config.url, clients, lambda i, n: config.request(), config.warmup, config.max_seconds)
     if result.failures:
         raise RuntimeError(f"warm-up requests failed: {result.failures[:3]}")
-
-
-def served_single(config: BenchConfig, client: ClifClient, progress: Progress) -> dict:
-    """Served end to end at concurrency 1, with the per-model server statistics in between."""
-    request = config.request()
-    models = [PIPELINE_MODEL, *config.export.spec.text_encoder_names, "unet", "vae_decoder"]
-    progress.phase("served, one client", config.requests)
-    before = snapshot(client, models)
-    latency = _timed_requests(lambda: client.generate(request), 0, config.requests, progress)
-    return {"latency_ms": latency.to_dict(), "server_models": difference(before, snapshot(client, models))}
 
 
 def concurrency_sweep(config: BenchConfig, progress: Progress) -> list[dict]:
@@ -149,10 +166,10 @@ def mixed_vs_single(config: BenchConfig, client: ClifClient, base, progress: Pro
     for name, word in zip(names, MIXED_WORDS * 8):
         client.add_concept(new_pack(base, name, word), replace=True)
     per_client = max(2, math.ceil(config.requests / config.mixed_clients))
-    models = [*config.export.spec.text_encoder_names, "unet"]
+    models = [*config.export.spec.text_encoder_names, UNET]
     results: dict[str, list[LoadResult]] = {"single": [], "mixed": []}
     batches: dict[str, dict] = {}
-    for _round in range(2):
+    for _round in range(config.repetitions):
         for kind in ("single", "mixed"):
             progress.phase(f"{kind} concepts x{config.mixed_clients}", config.mixed_clients * per_client)
             before = snapshot(client, models)
@@ -165,16 +182,22 @@ def mixed_vs_single(config: BenchConfig, client: ClifClient, base, progress: Pro
             )
             batches[kind] = difference(before, snapshot(client, models))
     throughput = {kind: sum(r.throughput for r in runs) / len(runs) for kind, runs in results.items()}
+    ratios = [mixed.throughput / single.throughput for single, mixed in zip(results["single"], results["mixed"], strict=True)]
     return {
         "clients": config.mixed_clients,
         "throughput_rps": throughput,
-        "ratio_mixed_over_single": throughput["mixed"] / throughput["single"],
+        "ratio_mixed_over_single": ratios,
         "runs": {kind: [r.to_dict() for r in runs] for kind, runs in results.items()},
         "server_batches_last_round": batches,
     }
 
 
-def hotload_under_load(config: BenchConfig, client: ClifClient, base, progress: Progress) -> dict:
+def hotload_rounds(config: BenchConfig, client: ClifClient, base, progress: Progress) -> list[dict]:
+    """`repetitions` rounds of `hotload_under_load`."""
+    return [hotload_under_load(config, client, base, progress, round_index) for round_index in range(config.repetitions)]
+
+
+def hotload_under_load(config: BenchConfig, client: ClifClient, base, progress: Progress, round_index: int = 0) -> dict:
     """Hot-load and remove concepts one by one while `hotload_clients` clients generate continuously."""
     stop = threading.Event()
     background: dict[str, LoadResult] = {}
@@ -190,7 +213,7 @@ def hotload_under_load(config: BenchConfig, client: ClifClient, base, progress: 
     add_ms, first_image_ms, remove_ms, first_image_failures = [], [], [], []
     try:
         for index in range(config.hotloads):
-            pack = new_pack(base, f"bench_hot{index}", MIXED_WORDS[index % len(MIXED_WORDS)])
+            pack = new_pack(base, f"bench_hot{round_index}_{index}", MIXED_WORDS[index % len(MIXED_WORDS)])
             start = time.perf_counter()
             client.add_concept(pack, replace=True)
             added = time.perf_counter()
@@ -220,24 +243,46 @@ def hotload_under_load(config: BenchConfig, client: ClifClient, base, progress: 
     }
 
 
+def verdict(values: list[float], op: str, target: float) -> str:
+    """"met" when every round meets the target, "not met" when none does, else "unclear"."""
+    meets = [value >= target if op == ">=" else value <= target for value in values]
+    return "met" if all(meets) else "not met" if not any(meets) else "unclear"
+
+
+def goal_row(goal: str, values: list[float], op: str, target: float) -> dict:
+    """One goal: its per-round figures, their median and range, and the verdict."""
+    ordered = sorted(values)
+    return {
+        "goal": goal,
+        "rounds": values,
+        "median": float(statistics.median(ordered)),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "op": op,
+        "target": target,
+        "verdict": verdict(values, op, target),
+    }
+
+
 def goals(report: dict) -> list[dict]:
-    """The issue's goals, each with the measured figure and met / not met."""
-    inproc, served = report["in_process"], report["served"]
-    rows = [
-        ("ORT pipeline >= 2x faster than diffusers eager (p50)", inproc["diffusers"]["p50"] / inproc["ort"]["p50"], ">=", 2.0),
-        ("served p50 <= 1.10x in-process ORT p50", served["latency_ms"]["p50"] / inproc["ort"]["p50"], "<=", 1.10),
-        ("hot-load p99 <= 50 ms (send pack -> usable)", report["hotload"]["add_ms"]["p99"], "<=", 50.0),
-        (
-            "0 failed requests while hot-loading",
-            report["hotload"]["background"]["failed"] + len(report["hotload"]["first_image_failures"]),
-            "<=",
-            0,
-        ),
-        ("mixed-concept throughput >= 0.9x single at concurrency 8", report["mixed"]["ratio_mixed_over_single"], ">=", 0.9),
-    ]
+    """The suite's goals, each from every round: median, min-max and verdict."""
+    rounds = report["end_to_end"]["rounds"]
+    hot = report["hotload"]
     return [
-        {"goal": goal, "measured": value, "target": f"{op} {target}", "met": value >= target if op == ">=" else value <= target}
-        for goal, value, op, target in rows
+        goal_row(
+            "ORT pipeline >= 2x faster than diffusers eager (p50)",
+            [r["diffusers"]["p50"] / r["ort"]["p50"] for r in rounds], ">=", 2.0,
+        ),
+        goal_row("served p50 <= 1.05x in-process ORT p50", [r["served"]["p50"] / r["ort"]["p50"] for r in rounds], "<=", 1.05),
+        goal_row("hot-load p99 <= 50 ms (send pack -> usable)", [h["add_ms"]["p99"] for h in hot], "<=", 50.0),
+        goal_row(
+            "0 failed requests while hot-loading",
+            [h["background"]["failed"] + len(h["first_image_failures"]) for h in hot], "<=", 0,
+        ),
+        goal_row(
+            f"mixed-concept throughput >= 0.9x single at concurrency {report['mixed']['clients']}",
+            report["mixed"]["ratio_mixed_over_single"], ">=", 0.9,
+        ),
     ]
 
 
@@ -254,11 +299,10 @@ def run_suite(config: BenchConfig) -> dict:
             "config": {f.name: getattr(config, f.name) for f in fields(config) if f.name != "export"}
             | {"export": str(config.export.root)},
             "environment": describe_environment({"ort_settings": asdict(OrtSettings())}),
-            "in_process": in_process(config, base, packs, progress),
-            "served": served_single(config, client, progress),
+            "end_to_end": end_to_end_rounds(config, client, base, packs, progress),
             "concurrency": concurrency_sweep(config, progress),
             "mixed": mixed_vs_single(config, client, base, progress),
-            "hotload": hotload_under_load(config, client, base, progress),
+            "hotload": hotload_rounds(config, client, base, progress),
         }
     progress.bar.close()
     report["goals"] = goals(report)

@@ -38,11 +38,11 @@ class TimedExecutor(Executor):
         with self._timed(VAE_DECODE):
             return self.inner.decode_latents(latents)
 
-    def load_lora(self, lora):
-        return self.inner.load_lora(lora)
+    def acquire_lora(self, lora):
+        return self.inner.acquire_lora(lora)
 
-    def unload_lora(self, lora_id):
-        self.inner.unload_lora(lora_id)
+    def release_lora(self, lora_id):
+        self.inner.release_lora(lora_id)
 
     def reset(self) -> None:
         """Forget the samples taken so far (after warm-up)."""

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     parser.add_argument("--concurrency", default="1,2,4,8", help="client counts to sweep (default: 1,2,4,8)")
     parser.add_argument("--mixed-clients", type=int, default=8, help="clients of the mixed-concept run (default: 8)")
     parser.add_argument("--hotloads", type=int, default=20, help="concepts hot-loaded under load (default: 20)")
+    parser.add_argument(
+        "--repetitions", type=int, default=3, help="interleaved rounds per goal; verdicts need every round (default: 3)"
+    )
     parser.add_argument("--max-seconds", type=float, default=180.0, help="time bound of each load run (default: 180)")
     parser.add_argument("--out", default="benchmarks/results", help="results folder (default: benchmarks/results)")
     parser.set_defaults(handler=run)
@@ -35,13 +38,13 @@ def run(args: argparse.Namespace) -> int:
 
     from clif_serve.bench.report import write_report
     from clif_serve.bench.suite import BenchConfig, run_suite
+    from clif_serve.contract.folder import open_export
     from clif_serve.errors import InputError
-    from clif_serve.export.layout import open_export
-    from clif_serve.serving.local import local_service
+    from clif_serve.local import local_server
 
     if args.url and not args.export:
         raise InputError("export", "--url needs --export (the export folder of that server) for the in-process runs")
-    service = nullcontext() if args.url else local_service(args.model)
+    service = nullcontext() if args.url else local_server(args.model)
     with service as local:
         config = BenchConfig(
             url=args.url or local.url,
@@ -54,10 +57,14 @@ def run(args: argparse.Namespace) -> int:
             mixed_clients=args.mixed_clients,
             hotloads=args.hotloads,
             max_seconds=args.max_seconds,
+            repetitions=args.repetitions,
         )
         report = run_suite(config)
     for path in write_report(report, args.out):
         print(path)
     for goal in report["goals"]:
-        print(f"{'met    ' if goal['met'] else 'NOT met'}  {goal['goal']}: {goal['measured']:.3g} (target {goal['target']})")
+        print(
+            f"{goal['verdict']:<8} {goal['goal']}: median {goal['median']:.3g}, rounds {goal['min']:.3g} - "
+            f"{goal['max']:.3g} (target {goal['op']} {goal['target']:g})"
+        )
     return 0

@@ -41,3 +41,27 @@ def request_from_args(args: argparse.Namespace):
         width=args.width,
         num_images=args.num_images,
     )
+
+
+def add_key_options(parser: argparse.ArgumentParser) -> None:
+    """`--api-key-file` / `--admin-key-file` of the commands that talk to a server."""
+    parser.add_argument(
+        "--api-key-file",
+        default=None,
+        metavar="FILE",
+        help="file holding the server's inference key (default: $CLIF_SERVE_API_KEY_FILE, if set)",
+    )
+    parser.add_argument(
+        "--admin-key-file",
+        default=None,
+        metavar="FILE",
+        help="file holding the server's admin key, for add/remove (default: $CLIF_SERVE_ADMIN_KEY_FILE, if set)",
+    )
+
+
+def client_from_args(args: argparse.Namespace):
+    """A ClifClient for `--url` with the keys of `--api-key-file` / `--admin-key-file` (else the environment)."""
+    from clif_serve.serving.client import ClifClient
+    from clif_serve.serving.keys import ClientKeys
+
+    return ClifClient(args.url, keys=ClientKeys.resolve(args.api_key_file, args.admin_key_file))

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from clif_serve.cli.common import add_generation_options, add_model_option, request_from_args
+from clif_serve.cli.common import (
+    add_generation_options,
+    add_key_options,
+    add_model_option,
+    client_from_args,
+    request_from_args,
+)
 
 
 def register(subparsers) -> None:
@@ -23,6 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--url", default=None, metavar="HOST:PORT", help="gRPC endpoint of a clif-serve server (default: in process)"
     )
+    add_key_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -48,13 +55,12 @@ def run_served(args: argparse.Namespace) -> int:
     """Send the request to a server; the server's concept store provides the concepts."""
     from clif_serve.errors import InputError
     from clif_serve.runtime.images import save_pngs
-    from clif_serve.serving.client import ClifClient
 
     if args.concept:
         raise InputError(
             "concept", "--concept loads packs in process; hot-load them with `clif-serve concepts add PACK --url`"
         )
-    with ClifClient(args.url) as client:
+    with client_from_args(args) as client:
         images = client.generate(request_from_args(args))
     for path in save_pngs(images, args.output):
         print(path)

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
 from clif_serve.serving.options import BACKENDS, RepoOptions
+from clif_serve.serving.parameters import ModelParameters
 
-_INTEGER_OPTIONS = {
+# RepoOptions fields (first) and ModelParameters fields (second) set from integer flags.
+_REPO_INTEGERS = {
     "pipeline_instances": "clif_pipeline instances = requests generated concurrently",
     "stage_instances": "instances of each stage model",
     "text_encoder_delay_us": "text encoders' dynamic-batching queue delay in microseconds",
     "unet_delay_us": "UNet and VAE decoder dynamic-batching queue delay in microseconds",
+}
+_MODEL_INTEGERS = {
     "intra_op_threads": "onnxruntime threads per python stage model (0 = one per core)",
     "max_pack_bytes": "largest concept pack accepted over gRPC, in bytes",
+    "adapter_capacity": "LoRA adapters each unet_lora instance keeps built",
+    "max_concepts": "concepts the concept store may hold (hot-loads beyond it are refused)",
 }
 
 
 def register(subparsers) -> None:
-    defaults = RepoOptions()
+    repo_defaults, model_defaults = RepoOptions(), ModelParameters()
     parser = subparsers.add_parser(
         "repo",
         help="build a Triton model repository from an export folder",
@@ -32,23 +37,28 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        default=defaults.backend,
+        default=repo_defaults.backend,
         help="stage models: python = onnxruntime inside Python-backend models (runs on the nvidia-pytriton "
         "server); onnxruntime / tensorrt = native backends of NVIDIA's tritonserver container "
-        f"(default: {defaults.backend})",
+        f"(default: {repo_defaults.backend})",
     )
-    for name, text in _INTEGER_OPTIONS.items():
-        default = getattr(defaults, name)
-        shown = "the pack format's limit, 256 MiB" if default is None else default
-        parser.add_argument(
-            "--" + name.replace("_", "-"), type=int, default=default, help=f"{text} (default: {shown})"
-        )
+    for defaults, options in ((repo_defaults, _REPO_INTEGERS), (model_defaults, _MODEL_INTEGERS)):
+        for name, text in options.items():
+            default = getattr(defaults, name)
+            parser.add_argument("--" + name.replace("_", "-"), type=int, default=default, help=f"{text} (default: {default})")
     parser.add_argument(
         "--concept-store",
-        default=defaults.concept_store,
+        default=model_defaults.concept_store,
         metavar="DIR",
         help="concept store written into the configs (absolute or relative to the repository); "
         "`clif-serve serve --concept-store` overrides it (default: <cache>/concepts/<model fingerprint>)",
+    )
+    parser.add_argument(
+        "--no-lora-adapters",
+        dest="lora_adapters",
+        action="store_false",
+        help="serve unet_lora only as the base UNet of a merged export: packs of other LoRA sets are refused "
+        "(default: any LoRA set runs as an adapter, python backend)",
     )
     parser.add_argument("--force", action="store_true", help="replace REPO if it exists")
     parser.set_defaults(handler=run)
@@ -57,6 +67,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from clif_serve.serving.repository import build_repository
 
-    options = RepoOptions(**{field.name: getattr(args, field.name) for field in fields(RepoOptions)})
+    models = ModelParameters(
+        concept_store=args.concept_store,
+        lora_adapters=args.lora_adapters,
+        **{name: getattr(args, name) for name in _MODEL_INTEGERS},
+    )
+    options = RepoOptions(backend=args.backend, models=models, **{name: getattr(args, name) for name in _REPO_INTEGERS})
     print(build_repository(args.export, args.out, options, overwrite=args.force))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from clif_serve.concepts.pack import ConceptPack, check_name, default_tokens
+from clif_serve.concepts.pack import ConceptPack, default_tokens, validate_name
 from clif_serve.errors import InputError
 from clif_serve.models.loading import BaseModel
 
@@ -40,7 +40,7 @@ def class_word_embeddings(base: BaseModel, word: str, num_tokens: int) -> dict[s
 
 def new_pack(base: BaseModel, name: str, class_word: str, num_tokens: int = 2) -> ConceptPack:
     """A pack for `<name>` whose `num_tokens` tokens start from the class word's embedding."""
-    check_name(name)
+    validate_name(name)
     pack = ConceptPack(
         name=name,
         trigger=f"<{name}>",

@@ -4,7 +4,8 @@
 tokenizer, and each trigger becomes its pack's tokens, numbered `vocab_size + row` where `row`
 is the row of *this sample's* table `[K, H]` holding that token's embedding. Tables of a batch
 are zero-padded to the same `K >= 1` (ONNX Runtime's Gather cannot take an empty table).
-Prompts longer than the text encoder's window are refused, never silently truncated.
+Prompts longer than the text encoder's window are refused, never silently truncated. A literal
+`<word>` that is no trigger is written `\\<word>`: the backslash is dropped and `<word>` stays text.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from clif_serve.concepts.pack import ConceptPack
 from clif_serve.errors import InputError
 from clif_serve.models.spec import ModelSpec, TextEncoderSpec
 
-TRIGGER_IN_TEXT = re.compile(r"<[A-Za-z0-9_-]+>")
+TRIGGER_IN_TEXT = re.compile(r"\\?<[A-Za-z0-9_-]+>")
+ESCAPE = "\\"  # a backslash before a trigger makes it text: \<word> is the text <word>
 
 
 @dataclass(frozen=True)
@@ -35,19 +37,49 @@ class EncodedPrompts:
         return int(self.input_ids[0].shape[0])
 
 
+@dataclass(frozen=True)
+class SplitPrompts:
+    """Prompts split into text pieces and the packs of their triggers, with each prompt's request field."""
+
+    pieces: tuple[list[str | ConceptPack], ...]
+    fields: tuple[str, ...]
+
+    def packs_per_prompt(self) -> list[list[ConceptPack]]:
+        """The distinct packs each prompt uses, in order of first use."""
+        return [
+            list({p.name: p for p in pieces if isinstance(p, ConceptPack)}.values()) for pieces in self.pieces
+        ]
+
+    def packs(self) -> list[ConceptPack]:
+        """The distinct packs all prompts use, in order of first use."""
+        return list({pack.name: pack for packs in self.packs_per_prompt() for pack in packs}.values())
+
+
 def split_prompt(prompt: str, concepts: Mapping[str, ConceptPack], field: str) -> list[str | ConceptPack]:
-    """Split a prompt into text pieces and the packs of its triggers; unknown triggers are an error."""
+    """Split a prompt into text pieces and the packs of its triggers; unknown triggers are an error.
+
+    Text and packs alternate, text first and last; an escaped trigger (`\\<word>`) stays text.
+    """
     pieces: list[str | ConceptPack] = []
+    text: list[str] = []
     position = 0
     for match in TRIGGER_IN_TEXT.finditer(prompt):
-        trigger = match.group(0)
-        if trigger not in concepts:
-            known = ", ".join(sorted(concepts)) or "none loaded"
-            raise InputError(field, f"unknown concept {trigger}; known concepts: {known}")
-        pieces.append(prompt[position : match.start()])
-        pieces.append(concepts[trigger])
+        found = match.group(0)
+        text.append(prompt[position : match.start()])
         position = match.end()
-    pieces.append(prompt[position:])
+        if found.startswith(ESCAPE):
+            text.append(found[len(ESCAPE) :])
+            continue
+        if found not in concepts:
+            known = ", ".join(sorted(concepts)) or "none loaded"
+            raise InputError(
+                field, f"unknown concept {found}; known concepts: {known} (write \\{found} for the text {found})"
+            )
+        pieces.append("".join(text))
+        pieces.append(concepts[found])
+        text = []
+    text.append(prompt[position:])
+    pieces.append("".join(text))
     return pieces
 
 
@@ -85,31 +117,37 @@ class PromptEncoder:
         body = [encoder.bos_token_id, *ids, encoder.eos_token_id]
         return body + [encoder.pad_token_id] * (encoder.max_length - len(body)), rows
 
-    def encode(
-        self,
-        prompts: Sequence[str],
-        concepts: Mapping[str, ConceptPack],
-        fields: Sequence[str] | None = None,
-    ) -> EncodedPrompts:
-        """Encode a batch of prompts with the concepts (by trigger) they may use.
+    def split(
+        self, prompts: Sequence[str], concepts: Mapping[str, ConceptPack], fields: Sequence[str] | None = None
+    ) -> SplitPrompts:
+        """Split prompts at their triggers (unknown triggers raise InputError naming the prompt's field).
 
         `fields` names each prompt's request field for error messages (default: "prompt").
         """
-        fields = list(fields) if fields is not None else ["prompt"] * len(prompts)
-        split = [split_prompt(prompt, concepts, field) for prompt, field in zip(prompts, fields, strict=True)]
+        names = tuple(fields) if fields is not None else ("prompt",) * len(prompts)
+        pieces = tuple(split_prompt(prompt, concepts, field) for prompt, field in zip(prompts, names, strict=True))
+        return SplitPrompts(pieces, names)
+
+    def encode(
+        self,
+        prompts: Sequence[str] | SplitPrompts,
+        concepts: Mapping[str, ConceptPack] | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> EncodedPrompts:
+        """Encode a batch of prompts (or prompts already split) with the concepts (by trigger) they may use."""
+        split = prompts if isinstance(prompts, SplitPrompts) else self.split(prompts, concepts or {}, fields)
         all_ids, all_tables = [], []
         for tokenizer, encoder in zip(self.tokenizers, self.spec.text_encoders, strict=True):
             encoded = [
-                self._encode_one(pieces, tokenizer, encoder, field) for pieces, field in zip(split, fields, strict=True)
+                self._encode_one(pieces, tokenizer, encoder, field)
+                for pieces, field in zip(split.pieces, split.fields, strict=True)
             ]
             width = max(1, *(len(rows) for _, rows in encoded))
-            table = torch.zeros(len(prompts), width, encoder.hidden_size)
+            table = torch.zeros(len(split.pieces), width, encoder.hidden_size)
             for sample, (_, rows) in enumerate(encoded):
                 if rows:
                     table[sample, : len(rows)] = torch.stack(rows)
             all_ids.append(torch.tensor([ids for ids, _ in encoded], dtype=torch.int64))
             all_tables.append(table)
-        used = tuple(
-            tuple(dict.fromkeys(p.name for p in pieces if isinstance(p, ConceptPack))) for pieces in split
-        )
+        used = tuple(tuple(pack.name for pack in packs) for packs in split.packs_per_prompt())
         return EncodedPrompts(tuple(all_ids), tuple(all_tables), used)

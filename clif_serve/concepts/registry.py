@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from clif_serve.concepts.pack import ConceptPack, check_name
+from clif_serve.concepts.pack import ConceptPack, validate_name
 from clif_serve.errors import PackError
 from clif_serve.models.spec import ModelSpec
 
@@ -41,7 +41,7 @@ class ConceptRegistry:
 
     def remove(self, name: str) -> ConceptPack:
         """Remove a concept by name and return it."""
-        check_name(name)
+        validate_name(name)
         with self._lock:
             current = dict(self._by_name)
             if name not in current:

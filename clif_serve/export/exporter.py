@@ -1,4 +1,5 @@
-"""`export_model`: a base model -> an export folder (see `layout.py`), every stage checked before acceptance.
+"""`export_model`: a base model -> an export folder (see `clif_serve.contract.folder`), every stage checked
+before acceptance.
 
 The folder is assembled in a staging directory beside `out_dir` and moved into place only when
 every stage passed its parity check, so a failed export leaves nothing half-written behind.
@@ -6,7 +7,6 @@ every stage passed its parity check, so a failed export leaves nothing half-writ
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -16,60 +16,75 @@ from pathlib import Path
 import onnxruntime as ort
 from tqdm import tqdm
 
-from clif_serve.concepts.lora import LoraWeights
 from clif_serve.concepts.pack import ConceptPack
-from clif_serve.errors import InputError
-from clif_serve.export import layout
+from clif_serve.contract.folder import (
+    MANIFEST,
+    ONNX_FILE,
+    WEIGHT_MAP_FILE,
+    ExportFolder,
+    manifest_document,
+    open_export,
+    write_manifests,
+)
+from clif_serve.contract.stages import UNET, tokenizer_dir_name
+from clif_serve.errors import ClifServeError, InputError
 from clif_serve.export.onnx_graph import describe_io, initializer_arrays, trace
 from clif_serve.export.parity import check_stage, quiet_session_options
 from clif_serve.export.recipe import Recipe, default_recipe_name, load_recipe
-from clif_serve.export.stages import Stage, image_multiple, stage_builders
+from clif_serve.export.traces import StageTrace, stage_builders
 from clif_serve.export.weight_map import build_weight_map, holders, write_weight_map
+from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.loading import BaseModel, load_base_model
+from clif_serve.paths import staging_dir
 
 
-def _write_weight_map(stage: Stage, program, folder: Path) -> dict:
-    """Write `weight_map.json` for a stage TensorRT may refit; report how many LoRA targets it covers."""
+def _write_weight_map(stage: StageTrace, program, folder: Path, targets: list[str]) -> dict:
+    """Write `weight_map.json` for a UNet TensorRT will refit; report how many LoRA targets it covers."""
     unet = stage.module.unet
     parameters = {name: tensor.detach().cpu().numpy() for name, tensor in unet.state_dict().items()}
     weight_map = build_weight_map(initializer_arrays(program.model), parameters, prefix="unet.")
-    write_weight_map(weight_map, folder / layout.WEIGHT_MAP_FILE)
+    write_weight_map(weight_map, folder / WEIGHT_MAP_FILE)
     found = holders(weight_map)
-    mapped = sum(len(found.get(f"{module}.weight", [])) == 1 for module in stage.weight_map_targets)
-    return {
-        "file": layout.WEIGHT_MAP_FILE,
-        "initializers": len(weight_map),
-        "lora_targets_mapped": [mapped, len(stage.weight_map_targets)],
-    }
+    mapped = sum(len(found.get(f"{module}.weight", [])) == 1 for module in targets)
+    return {"file": WEIGHT_MAP_FILE, "initializers": len(weight_map), "lora_targets_mapped": [mapped, len(targets)]}
 
 
-def export_stage(stage: Stage, folder: Path, recipe: Recipe) -> dict:
-    """Trace, save and check one stage into `folder`; return its manifest entry."""
+def _check_graph_io(stage: StageTrace, record: dict) -> None:
+    """The saved graph must have exactly the contract's tensor names (a mis-traced stage fails here)."""
+    inputs = tuple(item["name"] for item in record["inputs"])
+    outputs = tuple(item["name"] for item in record["outputs"])
+    if inputs != stage.signature.input_names or outputs != stage.output_names:
+        raise ClifServeError(
+            f"stage {stage.name}: the ONNX graph has inputs {inputs} and outputs {outputs}, the contract says "
+            f"{stage.signature.input_names} and {stage.output_names}"
+        )
+
+
+def export_stage(stage: StageTrace, folder: Path, recipe: Recipe, weight_map_targets: list[str] | None = None) -> dict:
+    """Trace, save and check one stage into `folder`; return its record for the manifest.
+
+    `weight_map_targets`: LoRA target modules whose weights TensorRT will refit (the map of where
+    they live in the graph is written only then).
+    """
     folder.mkdir(parents=True)
     started = time.perf_counter()
     program = trace(stage, recipe.opset)
-    path = folder / layout.ONNX_FILE
+    path = folder / ONNX_FILE
     program.save(path, external_data=True)
     export_seconds = time.perf_counter() - started
-    manifest = {"stage": stage.name, "file": f"{stage.name}/{layout.ONNX_FILE}", "opset": recipe.opset}
-    manifest.update(describe_io(path, hide=stage.zero_default_inputs))
-    if stage.weight_map_targets:
-        manifest["weight_map"] = _write_weight_map(stage, program, folder)
+    record = {"stage": stage.name, "file": f"{stage.name}/{ONNX_FILE}", "opset": recipe.opset}
+    record.update(describe_io(path, hide=stage.zero_default_inputs))
+    _check_graph_io(stage, record)
+    if weight_map_targets:
+        record["weight_map"] = _write_weight_map(stage, program, folder, weight_map_targets)
     del program
     started = time.perf_counter()
     session = ort.InferenceSession(str(path), quiet_session_options(), providers=["CPUExecutionProvider"])
-    manifest["parity"] = check_stage(stage, session, recipe.parity_tolerance)
-    manifest["parity_seconds"] = round(time.perf_counter() - started, 3)
-    manifest["export_seconds"] = round(export_seconds, 3)
-    manifest.update(stage.manifest_extra)
-    return manifest
-
-
-def write_manifests(root: Path, manifest: dict) -> None:
-    """The top-level manifest and each stage's entry as `<stage>/manifest.json`."""
-    (root / layout.MANIFEST).write_text(json.dumps(manifest, indent=1))
-    for name, stage in manifest["stages"].items():
-        (root / name / layout.STAGE_MANIFEST).write_text(json.dumps(stage, indent=1))
+    record["parity"] = check_stage(stage, session, recipe.parity_tolerance)
+    record["parity_seconds"] = round(time.perf_counter() - started, 3)
+    record["export_seconds"] = round(export_seconds, 3)
+    record.update(stage.record_extra)
+    return record
 
 
 def _prepare_out(out_dir: Path, overwrite: bool) -> None:
@@ -79,7 +94,7 @@ def _prepare_out(out_dir: Path, overwrite: bool) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
             raise InputError("out", f"{out_dir} is not empty; choose another folder or pass --overwrite")
-        if not (out_dir / layout.MANIFEST).is_file():
+        if not (out_dir / MANIFEST).is_file():
             raise InputError(
                 "out", f"{out_dir} is not an export folder; --overwrite only replaces an earlier export"
             )
@@ -125,56 +140,50 @@ def export_model(
     tensorrt: bool = False,
     overwrite: bool = False,
     progress: bool = False,
-) -> layout.ExportFolder:
+) -> ExportFolder:
     """Export `model` ('tiny', 'tiny-xl', a diffusers folder or a loaded BaseModel) to `out_dir`.
 
     `recipe` is a Recipe, a recipe name or file, or None for the model's default. `merge_lora` (a
     pack with a LoRA, or LoRA weights) folds that LoRA into the plain `unet` stage. `tensorrt` also
-    builds TensorRT engines (needs the tensorrt package and a GPU). Raises ExportParityError when a
-    stage disagrees with PyTorch beyond the recipe's tolerance; `out_dir` is then left untouched.
+    builds TensorRT engines (needs the tensorrt package and a GPU); with the recipe's
+    `tensorrt.refit` the UNet engine is refittable and the export records the weight map a refit
+    needs. Raises ExportParityError when a stage disagrees with PyTorch beyond the recipe's
+    tolerance; `out_dir` is then left untouched.
     """
     base = model if isinstance(model, BaseModel) else load_base_model(model)
     recipe = resolve_recipe(recipe, model, base)
-    recipe.check_for(base.spec, image_multiple(base))
+    recipe.validate_for(base.spec)
     merge_lora = _lora_to_merge(merge_lora, base)
+    deployment = recipe.deployment(base.spec, merge_lora.set_id if merge_lora is not None else None)
+    refit_targets = sorted(base.spec.lora_targets) if tensorrt and recipe.tensorrt.refit else None
     if tensorrt:
         from clif_serve.export.tensorrt import import_tensorrt
 
         import_tensorrt()  # fail before the long ONNX export, not after it
     out = Path(out_dir)
     _prepare_out(out, overwrite)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-staging-", dir=out.parent))
+    staging = staging_dir(out)
     try:
         stages = {}
         for name, build in tqdm(
-            stage_builders(base, recipe, merge_lora), desc="export", unit="stage", disable=not progress
+            stage_builders(base, deployment, merge_lora), desc="export", unit="stage", disable=not progress
         ):
+            targets = refit_targets if name == UNET else None
             stages[name] = {
                 "base_fingerprint": base.spec.fingerprint,
-                **export_stage(build(), staging / name, recipe),
+                **export_stage(build(), staging / name, recipe, targets),
             }
         for tokenizer, name in zip(base.tokenizers, base.spec.text_encoder_names, strict=True):
-            tokenizer.save_pretrained(staging / layout.tokenizer_dir_name(name))
-        manifest = {
-            "format": layout.EXPORT_FORMAT,
-            "format_version": layout.EXPORT_FORMAT_VERSION,
-            "model_spec": base.spec.to_dict(),
-            "recipe": recipe.to_dict(),
-            "image": {
-                "height": recipe.height.as_list(),
-                "width": recipe.width.as_list(),
-                "multiple": image_multiple(base),
-            },
-            "stages": stages,
-        }
+            tokenizer.save_pretrained(staging / tokenizer_dir_name(name))
+        manifest = manifest_document(deployment, recipe.to_dict(), stages)
         write_manifests(staging, manifest)
         if tensorrt:
             from clif_serve.export.tensorrt import build_engines
 
-            for name, engine in build_engines(layout.open_export(staging), recipe, progress=progress).items():
+            for name, engine in build_engines(open_export(staging), recipe, progress=progress).items():
                 stages[name]["tensorrt"] = engine
             write_manifests(staging, manifest)
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return layout.open_export(out)
+    return open_export(out)

@@ -12,7 +12,7 @@ import onnx
 import onnx_ir as ir
 import torch
 
-from clif_serve.export.stages import Stage
+from clif_serve.export.traces import StageTrace
 
 _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -21,7 +21,7 @@ _ONNX_DTYPES = {
 }
 
 
-def trace(stage: Stage, opset: int) -> torch.onnx.ONNXProgram:
+def trace(stage: StageTrace, opset: int) -> torch.onnx.ONNXProgram:
     """Export `stage.module` with dynamic axes; inputs listed in `zero_default_inputs` get zero initializers."""
     # The exporter logs one warning per torchvision operator it cannot register; torchvision is not used.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -38,7 +38,7 @@ def trace(stage: Stage, opset: int) -> torch.onnx.ONNXProgram:
     return program
 
 
-def _export(stage: Stage, opset: int, dynamic_shapes) -> torch.onnx.ONNXProgram:
+def _export(stage: StageTrace, opset: int, dynamic_shapes) -> torch.onnx.ONNXProgram:
     return torch.onnx.export(
         stage.module,
         stage.example,

@@ -20,7 +20,7 @@ import onnxruntime as ort
 import torch
 
 from clif_serve.errors import ClifServeError
-from clif_serve.export.stages import Stage
+from clif_serve.export.traces import StageTrace
 
 
 class ExportParityError(ClifServeError):
@@ -55,7 +55,7 @@ def compare(expected: Sequence[torch.Tensor], actual: Sequence[np.ndarray], name
     return result
 
 
-def check_stage(stage: Stage, session: ort.InferenceSession, tolerance: float) -> dict:
+def check_stage(stage: StageTrace, session: ort.InferenceSession, tolerance: float) -> dict:
     """Run every parity case of `stage`; raise ExportParityError above tolerance, else return the figures."""
     cases = []
     worst = 0.0

@@ -1,10 +1,11 @@
-"""Export recipes: TOML files in the top-level `export/` folder (read with `tomllib`; `tomli` on Python 3.10).
+"""Export recipes: TOML files shipped in `clif_serve/export/recipes/` (the checkout's top-level `export/`
+links there), or any TOML file; read with `tomllib` (`tomli` on Python 3.10).
 
 A recipe fixes what an export supports: the batch range every stage accepts, the image sizes, the
 concept-table rows, the LoRA ranks of `unet_lora`, the UNet variants to emit, the parity tolerance
-and the TensorRT build (precision, workspace, optimisation profiles). Ranges are `{min, opt, max}`;
-`opt` is what TensorRT tunes for. `batch` counts samples per network call: with classifier-free
-guidance the UNet sees two per image.
+and the TensorRT build (precision, workspace, optimisation profiles, whether the UNet engine is
+refittable). Ranges are `{min, opt, max}`; `opt` is what TensorRT tunes for. `batch` counts
+samples per network call: with classifier-free guidance the UNet sees two per image.
 """
 
 from __future__ import annotations
@@ -18,27 +19,18 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10 (e.g. NVIDIA's tritonserver container): the same parser from PyPI
     import tomli as tomllib
 
+from clif_serve.contract.deployment import Deployment
+from clif_serve.contract.ranges import Range
+from clif_serve.contract.stages import model_stages
 from clif_serve.errors import InputError
 from clif_serve.models.spec import ModelSpec
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "export"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 UNET_VARIANTS = ("plain", "lora")
 ONNX_PRECISIONS = ("fp32",)
 TENSORRT_PRECISIONS = ("fp16", "fp32")
 # The embedded models and their recipes; a diffusers folder gets the recipe of its layout.
 DEFAULT_RECIPES = {"tiny": "tiny", "tiny-xl": "tiny-xl", "sd15": "sd15-512", "sdxl": "sdxl-1024"}
-
-
-@dataclass(frozen=True)
-class Range:
-    """An inclusive integer range with the size to optimise for."""
-
-    min: int
-    opt: int
-    max: int
-
-    def as_list(self) -> list[int]:
-        return [self.min, self.opt, self.max]
 
 
 @dataclass(frozen=True)
@@ -57,6 +49,9 @@ class TensorRTSettings:
     precision: str
     workspace_gib: float
     profiles: tuple[Profile, ...]
+    # Build the UNet engine refittable (LoRA switches by refit) and record the ONNX-initializer map
+    # a refit needs. Off by default: an ordinary export hashes no weights.
+    refit: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +86,7 @@ class Recipe:
             "tensorrt": {
                 "precision": self.tensorrt.precision,
                 "workspace_gib": self.tensorrt.workspace_gib,
+                "refit": self.tensorrt.refit,
                 "profiles": [
                     {"batch": p.batch.as_list(), "height": p.height.as_list(), "width": p.width.as_list()}
                     for p in self.tensorrt.profiles
@@ -98,8 +94,22 @@ class Recipe:
             },
         }
 
-    def check_for(self, spec: ModelSpec, image_multiple: int) -> None:
-        """Image sizes must be multiples of `image_multiple` (VAE factor x UNet down factor)."""
+    def deployment(self, spec: ModelSpec, merged_lora: str | None = None) -> Deployment:
+        """The deployment an export of a base model with this recipe makes."""
+        return Deployment(
+            spec=spec,
+            stages=model_stages(spec, with_unet_lora="lora" in self.unet_variants),
+            batch=self.batch,
+            height=self.height,
+            width=self.width,
+            concept_rows=self.concept_rows,
+            lora_rank=self.lora_rank,
+            merged_lora=merged_lora,
+        )
+
+    def validate_for(self, spec: ModelSpec) -> None:
+        """Image sizes must be multiples of the model's image multiple (VAE factor x UNet down factor)."""
+        image_multiple = spec.image_multiple
         sizes = [("height", self.height), ("width", self.width)]
         sizes += [
             (f"tensorrt.profiles[{i}].{axis}", getattr(p, axis))
@@ -153,10 +163,14 @@ def _tensorrt(data: dict, batch: Range, height: Range, width: Range) -> TensorRT
     workspace = data.get("workspace_gib", 4.0)
     if not isinstance(workspace, int | float) or workspace <= 0:
         raise InputError("tensorrt.workspace_gib", f"must be a positive number, got {workspace!r}")
+    refit = data.get("refit", False)
+    if not isinstance(refit, bool):
+        raise InputError("tensorrt.refit", f"must be true or false, got {refit!r}")
     return TensorRTSettings(
         _choice(data, "precision", TENSORRT_PRECISIONS, "fp16", "tensorrt."),
         float(workspace),
         tuple(profiles) or (Profile(batch, height, width),),
+        refit,
     )
 
 
@@ -192,7 +206,7 @@ def recipe_from_dict(data: dict, name: str) -> Recipe:
 
 
 def recipe_path(name_or_file: str | Path) -> Path:
-    """A recipe file: an existing path, or a name in the top-level `export/` folder."""
+    """A recipe file: an existing path, or the name of a shipped recipe."""
     path = Path(name_or_file)
     if path.is_file():
         return path

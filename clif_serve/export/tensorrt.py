@@ -1,5 +1,9 @@
 """TensorRT engines from an export folder: FP16 builds over the recipe's profiles, UNet refit for LoRA.
 
+Refits (`UnetRefitter`) have no caller in the serving path: LoRA sets switch by refit only for
+exports made with `--tensorrt` and a recipe with `tensorrt.refit = true` (which also makes the
+export record the weight map a refit needs). An ordinary export hashes no weights.
+
 `tensorrt` is imported lazily, only here, and only when engines are built or refitted; everything
 else in clif-serve works without it. What needs no TensorRT is separate and unit-tested: the
 optimisation profiles (`stage_profiles`), the initializer map (`weight_map`) and the refit plan
@@ -11,7 +15,6 @@ drop a GEMM bias (11.3 known issue); check a refitted engine's output against ON
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,17 +25,16 @@ from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 from tqdm import tqdm
 
-from clif_serve.concepts.lora import LoraWeights
+from clif_serve.contract.folder import ENGINE_FILE, WEIGHT_MAP_FILE, ExportFolder
+from clif_serve.contract.stages import UNET, VAE_DECODER
 from clif_serve.errors import ClifServeError
-from clif_serve.export import layout
-from clif_serve.export.recipe import Profile, Recipe
-from clif_serve.export.refit import refit_plan, weight_with_lora
+from clif_serve.export.recipe import Recipe
 from clif_serve.export.weight_map import lora_target_initializers, read_weight_map
+from clif_serve.lora.math import weight_with_lora
+from clif_serve.lora.refit import refit_plan
+from clif_serve.lora.weights import LoraWeights
 
 Shape = tuple[int, ...]
-# The stages that get engines; unet_lora does not (a LoRA swap on TensorRT is a refit of `unet`).
-ENGINE_STAGES_AFTER_TEXT = (layout.UNET_STAGE, layout.VAE_DECODER_STAGE)
-_SYMBOL = re.compile(r"(?:(\d+)\*)?([A-Za-z_]\w*)")
 
 
 class TensorRTUnavailable(ClifServeError):
@@ -51,50 +53,27 @@ def import_tensorrt():
     return tensorrt
 
 
-def symbol_values(profile: Profile, recipe: Recipe, image_multiple: int) -> dict[str, tuple[int, int, int]]:
-    """(min, opt, max) of every symbolic dimension the exporter names, for one profile."""
-    return {
-        "batch": (profile.batch.min, profile.batch.opt, profile.batch.max),
-        "height_units": tuple(v // image_multiple for v in profile.height.as_list()),
-        "width_units": tuple(v // image_multiple for v in profile.width.as_list()),
-        "concept_rows": (recipe.concept_rows.min, recipe.concept_rows.opt, recipe.concept_rows.max),
-        "lora_rank": (recipe.lora_rank.min, recipe.lora_rank.opt, recipe.lora_rank.max),
-    }
-
-
-def _dim_range(dim: int | str, values: Mapping[str, tuple[int, int, int]]) -> tuple[int, int, int]:
-    if isinstance(dim, int):
-        return dim, dim, dim
-    match = _SYMBOL.fullmatch(dim.replace(" ", ""))
-    if match is None or match.group(2) not in values:
-        raise ClifServeError(f"cannot derive a TensorRT profile for the dimension {dim!r}")
-    factor = int(match.group(1) or 1)
-    low, opt, high = values[match.group(2)]
-    return factor * low, factor * opt, factor * high
-
-
 def stage_profiles(
-    folder: layout.ExportFolder, stage: str, recipe: Recipe
+    folder: ExportFolder, stage: str, recipe: Recipe
 ) -> list[dict[str, tuple[Shape, Shape, Shape]]]:
-    """For each recipe profile: input name -> (min, opt, max) shapes, from the stage's symbolic shapes."""
-    multiple = folder.manifest["image"]["multiple"]
+    """For each recipe profile: input name -> (min, opt, max) shapes, from the contract's symbolic axes."""
+    deployment = folder.deployment
+    signature = deployment.signature(stage)
     profiles = []
     for profile in recipe.tensorrt.profiles:
-        values = symbol_values(profile, recipe, multiple)
-        shapes = {}
-        for item in folder.stage_manifest(stage)["inputs"]:
-            ranges = [_dim_range(d, values) for d in item["shape"]]
-            shapes[item["name"]] = tuple(tuple(r[i] for r in ranges) for i in range(3))
-        profiles.append(shapes)
+        narrowed = {"batch": profile.batch, "height": profile.height, "width": profile.width}
+        profiles.append({t.name: deployment.shape_ranges(t, narrowed) for t in signature.inputs})
     return profiles
 
 
-def engine_stages(folder: layout.ExportFolder) -> tuple[str, ...]:
-    """Stages built as engines: the text encoder(s), the plain UNet and the VAE decoder."""
-    return folder.spec.text_encoder_names + ENGINE_STAGES_AFTER_TEXT
+def engine_stages(folder: ExportFolder) -> tuple[str, ...]:
+    """Stages built as engines: the text encoder(s), the UNet stage(s) a request can reach on
+    TensorRT (no adapters: `unet_lora` only as the base UNet of a merged export), the VAE decoder."""
+    routing = folder.deployment.routing(adapters=False)
+    return (*folder.spec.text_encoder_names, *routing.stages, VAE_DECODER)
 
 
-def build_engine(folder: layout.ExportFolder, stage: str, recipe: Recipe, refittable: bool) -> dict:
+def build_engine(folder: ExportFolder, stage: str, recipe: Recipe, refittable: bool) -> dict:
     """Build `<stage>/model.plan` from the stage's ONNX; return its manifest entry."""
     trt = import_tensorrt()
     started = time.perf_counter()
@@ -122,7 +101,7 @@ def build_engine(folder: layout.ExportFolder, stage: str, recipe: Recipe, refitt
         raise ClifServeError(f"TensorRT failed to build an engine for stage {stage}")
     folder.engine_path(stage).write_bytes(bytes(serialized))
     return {
-        "file": f"{stage}/{layout.ENGINE_FILE}",
+        "file": f"{stage}/{ENGINE_FILE}",
         "precision": recipe.tensorrt.precision,
         "refittable": refittable,
         "profiles": [{name: [list(s) for s in shapes] for name, shapes in p.items()} for p in profiles],
@@ -131,11 +110,11 @@ def build_engine(folder: layout.ExportFolder, stage: str, recipe: Recipe, refitt
     }
 
 
-def build_engines(folder: layout.ExportFolder, recipe: Recipe, progress: bool = False) -> dict[str, dict]:
-    """Build every engine stage (the UNet refittable); return stage -> engine manifest entry."""
+def build_engines(folder: ExportFolder, recipe: Recipe, progress: bool = False) -> dict[str, dict]:
+    """Build every engine stage (the UNet refittable when the recipe asks); return stage -> engine record."""
     stages = engine_stages(folder)
     return {
-        stage: build_engine(folder, stage, recipe, refittable=stage == layout.UNET_STAGE)
+        stage: build_engine(folder, stage, recipe, refittable=recipe.tensorrt.refit and stage == UNET)
         for stage in tqdm(stages, desc="tensorrt", unit="engine", disable=not progress)
     }
 
@@ -170,18 +149,25 @@ class UnetRefitter:
     new set.
     """
 
-    def __init__(self, engine, folder: layout.ExportFolder):
-        if folder.merged_lora is not None:
+    def __init__(self, engine, folder: ExportFolder):
+        merged = folder.deployment.merged_lora
+        if merged is not None:
             raise ClifServeError(
-                f"the unet stage of {folder.root} has LoRA {folder.merged_lora} merged; refitting needs the base "
+                f"the unet stage of {folder.root} has LoRA {merged} merged; refitting needs the base "
                 "weights: export without --merge-lora for TensorRT"
+            )
+        weight_map_file = folder.stage_dir(UNET) / WEIGHT_MAP_FILE
+        if not weight_map_file.is_file():
+            raise ClifServeError(
+                f"{weight_map_file} is missing: refits need an export made with --tensorrt and a recipe with "
+                "tensorrt.refit = true"
             )
         self._trt = import_tensorrt()
         self._engine = engine
-        weight_map = read_weight_map(folder.stage_dir(layout.UNET_STAGE) / layout.WEIGHT_MAP_FILE)
+        weight_map = read_weight_map(weight_map_file)
         self._targets = lora_target_initializers(weight_map, sorted(folder.spec.lora_targets))
         self._module_of = {name: (module, transposed) for module, (name, transposed) in self._targets.items()}
-        self._base = OnnxInitializers(folder.onnx_path(layout.UNET_STAGE))
+        self._base = OnnxInitializers(folder.onnx_path(UNET))
         self._spec = folder.spec
         self.current: LoraWeights | None = None
 

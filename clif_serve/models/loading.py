@@ -142,6 +142,7 @@ def load_base_model(
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     for module in (*text_encoders, unet, vae):
         module.to(device=device).eval().requires_grad_(False)
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     spec = ModelSpec(
         kind=kind,
         fingerprint=model_fingerprint(tokenizers, text_encoders),
@@ -151,11 +152,12 @@ def load_base_model(
         ),
         latent_channels=int(unet.config.in_channels),
         sample_size=int(unet.config.sample_size),
-        vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
+        vae_scale_factor=vae_scale,
         vae_scaling_factor=float(vae.config.scaling_factor),
         scheduler_class=str(scheduler_config["_class_name"]),
         scheduler_config=scheduler_config,
         force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)),
+        image_multiple=vae_scale * 2 ** (len(unet.config.block_out_channels) - 1),
         lora_targets=_lora_targets(unet),
     )
     return BaseModel(path, spec, tokenizers, text_encoders, unet, vae)

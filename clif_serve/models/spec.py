@@ -47,6 +47,8 @@ class ModelSpec:
     scheduler_class: str
     scheduler_config: dict = field(hash=False, compare=False)
     force_zeros_for_empty_prompt: bool = False
+    # Image sizes must be multiples of this: the VAE factor times the UNet's total down-sampling.
+    image_multiple: int = 8
     # Attention projections a LoRA may target: module path -> (in_features, out_features).
     lora_targets: dict[str, tuple[int, int]] = field(default_factory=dict, hash=False, compare=False)
 

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from clif_serve.concepts.lora import LoraWeights
+from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.spec import ModelSpec
 
 
@@ -42,17 +42,19 @@ class Executor(ABC):
     ) -> torch.Tensor:
         """One UNet evaluation. `timestep` is float32 `[B]`; SDXL adds `text_embeds` and `time_ids`.
 
-        `lora_id` names an adapter given to `load_lora` before; None runs the base UNet.
+        `lora_id` is what `acquire_lora` returned for the request (None: no LoRA).
         """
 
     @abstractmethod
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decoder: scaled latents `[B, C, h, w]` -> images `[B, 3, H, W]` in about [-1, 1]."""
 
-    def load_lora(self, lora: LoraWeights) -> str:
-        """Make a LoRA available under its `set_id` (idempotent) and return that id."""
-        raise NotImplementedError(f"{type(self).__name__} does not support LoRA adapters")
+    @abstractmethod
+    def acquire_lora(self, lora: LoraWeights | None) -> str | None:
+        """Make a request's LoRA set runnable and hold it until `release_lora`; return the id that
+        `predict_noise` takes (None: no LoRA). Raises InputError naming the field when this executor
+        has no route for it, before any stage runs. Called once per request, with None too."""
 
-    def unload_lora(self, lora_id: str) -> None:
-        """Forget an adapter loaded with `load_lora`."""
-        raise NotImplementedError(f"{type(self).__name__} does not support LoRA adapters")
+    @abstractmethod
+    def release_lora(self, lora_id: str | None) -> None:
+        """The request that acquired `lora_id` is done with it (it may now be evicted)."""

@@ -29,11 +29,13 @@ def torch_pipeline(
 def ort_pipeline(
     export_dir: str | Path, packs: Iterable[ConceptPack] = (), settings: OrtSettings | None = None
 ) -> ConceptPipeline:
-    """An in-process ONNX Runtime pipeline over an export folder with `packs` loaded.
+    """An in-process ONNX Runtime pipeline over an export folder with `packs` loaded; requests are
+    held to the export's limits, as a server of that export holds them.
 
     `settings` (threads, spinning, providers, IOBinding) defaults to `OrtSettings()`.
     """
     from clif_serve.runtime.ort_executor import OrtExecutor, OrtSettings
 
     executor = OrtExecutor(export_dir, settings if settings is not None else OrtSettings())
-    return ConceptPipeline(executor, executor.folder.tokenizers(), ConceptRegistry(executor.spec, packs))
+    registry = ConceptRegistry(executor.spec, packs)
+    return ConceptPipeline(executor, executor.folder.tokenizers(), registry, executor.deployment.limits)

@@ -1,8 +1,10 @@
-"""ONNX Runtime executor over an export folder (see `clif_serve.export.layout`).
+"""ONNX Runtime executor over an export folder (see `clif_serve.contract.folder`).
 
-Sessions are created once, in the constructor. The UNet runs from the plain `unet` stage, except
-for a LoRA set other than the one merged into it: such sets run on `unet_lora` with the set as an
-onnxruntime adapter (`RunOptions.add_active_adapter`).
+Sessions are created once, in the constructor. Which UNet stage a request runs on, and with which
+adapter, is the deployment's LoRA routing (`clif_serve.contract.routing`, with adapters): the
+merged set (or none, when nothing is merged) on `unet`, other sets on `unet_lora` with the set as
+an onnxruntime adapter (`RunOptions.add_active_adapter`). Adapters are cached per set (the least
+recently used one that no request holds is dropped beyond `OrtSettings.adapter_capacity`).
 
 Runs are plain `InferenceSession.run` calls by default. IOBinding (binding the torch tensors'
 memory) is a setting: on CPU it was not faster end to end (benchmarks/pipeline_speed.py, tiny,
@@ -14,9 +16,6 @@ threads do not spin by default: with spinning, the same two-thread run took 1305
 
 from __future__ import annotations
 
-import os
-import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +23,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from clif_serve.concepts.lora import LoraWeights
-from clif_serve.errors import InputError
-from clif_serve.export import layout
-from clif_serve.export.adapters import write_adapter
+from clif_serve.contract.folder import ExportFolder, open_export
+from clif_serve.contract.stages import VAE_DECODER
+from clif_serve.lora.cache import PinnedCache
+from clif_serve.lora.onnx import ActiveAdapter, load_adapter
+from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
 
 
@@ -46,6 +46,7 @@ class OrtSettings:
     spin: bool = False
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     io_binding: bool = False
+    adapter_capacity: int = 16
 
     def session_options(self) -> ort.SessionOptions:
         """SessionOptions with these settings, full graph optimisation and error-only logging."""
@@ -65,48 +66,37 @@ class OrtSettings:
 class OrtExecutor(Executor):
     """Runs an export folder's ONNX stages with onnxruntime; tensors cross as CPU torch tensors."""
 
-    def __init__(self, export: str | Path | layout.ExportFolder, settings: OrtSettings = OrtSettings()):
-        self.folder = export if isinstance(export, layout.ExportFolder) else layout.open_export(export)
-        self.spec = self.folder.spec
+    def __init__(self, export: str | Path | ExportFolder, settings: OrtSettings = OrtSettings()):
+        self.folder = export if isinstance(export, ExportFolder) else open_export(export)
+        self.deployment = self.folder.deployment
+        self.spec = self.deployment.spec
         self.settings = settings
+        self.routing = self.deployment.routing(adapters=True)
         options = settings.session_options()
-
-        def session(stage: str) -> ort.InferenceSession:
-            return ort.InferenceSession(
-                str(self.folder.onnx_path(stage)), options, providers=list(settings.providers)
-            )
-
-        stages = [*self.spec.text_encoder_names, layout.UNET_STAGE, layout.VAE_DECODER_STAGE]
-        stages += [layout.UNET_LORA_STAGE] if self.folder.has_stage(layout.UNET_LORA_STAGE) else []
-        self._sessions = {stage: session(stage) for stage in stages}
-        self._text_encoders = [self._sessions[name] for name in self.spec.text_encoder_names]
-        self._unet = self._sessions[layout.UNET_STAGE]
-        self._unet_lora = self._sessions.get(layout.UNET_LORA_STAGE)
-        self._vae_decoder = self._sessions[layout.VAE_DECODER_STAGE]
-        self._unet_inputs = layout.unet_inputs(self.spec)
-        self._merged = self.folder.merged_lora
-        self._adapters: dict[str, tuple[ort.LoraAdapter, ort.RunOptions]] = {}
-        self._lock = threading.Lock()
+        self._sessions = {
+            stage: ort.InferenceSession(str(self.folder.onnx_path(stage)), options, providers=list(settings.providers))
+            for stage in self.deployment.stages
+        }
+        self._signatures = {stage: self.deployment.signature(stage) for stage in self.deployment.stages}
+        self._adapters: PinnedCache[ActiveAdapter] = PinnedCache(settings.adapter_capacity)
 
     def session(self, stage: str) -> ort.InferenceSession:
         """The onnxruntime session of one stage (e.g. to read its options or inputs)."""
         return self._sessions[stage]
 
     def _run(
-        self,
-        session: ort.InferenceSession,
-        names: tuple[str, ...],
-        tensors: tuple[torch.Tensor, ...],
-        outputs: tuple[str, ...],
-        run_options: ort.RunOptions | None = None,
+        self, stage: str, tensors: tuple[torch.Tensor, ...], run_options: ort.RunOptions | None = None
     ) -> list[torch.Tensor]:
+        signature = self._signatures[stage]
+        session = self._sessions[stage]
         arrays = [t.detach().to("cpu").contiguous() for t in tensors]
         arrays = [t if t.dtype == torch.int64 else t.to(torch.float32) for t in arrays]
+        outputs = list(signature.output_names)
         if run_options is not None or not self.settings.io_binding:
-            feed = {name: t.numpy() for name, t in zip(names, arrays, strict=True)}
-            return [torch.from_numpy(out) for out in session.run(list(outputs), feed, run_options)]
+            feed = {name: t.numpy() for name, t in zip(signature.input_names, arrays, strict=True)}
+            return [torch.from_numpy(out) for out in session.run(outputs, feed, run_options)]
         binding = session.io_binding()
-        for name, tensor in zip(names, arrays, strict=True):
+        for name, tensor in zip(signature.input_names, arrays, strict=True):
             dtype = np.int64 if tensor.dtype == torch.int64 else np.float32
             binding.bind_input(name, "cpu", 0, dtype, list(tensor.shape), tensor.data_ptr())
         for name in outputs:
@@ -115,76 +105,36 @@ class OrtExecutor(Executor):
         return [torch.from_numpy(value.numpy()) for value in binding.get_outputs()]
 
     def encode_text(self, encoder_index, input_ids, concept_table):
-        hidden, pooled = self._run(
-            self._text_encoders[encoder_index],
-            layout.TEXT_ENCODER_INPUTS,
-            (input_ids.to(torch.int64), concept_table),
-            layout.TEXT_ENCODER_OUTPUTS,
-        )
+        hidden, pooled = self._run(self.spec.text_encoder_names[encoder_index], (input_ids.to(torch.int64), concept_table))
         return hidden, pooled
-
-    def _unet_for(self, lora_id: str | None) -> tuple[ort.InferenceSession, ort.RunOptions | None]:
-        if lora_id == self._merged:
-            return self._unet, None
-        if lora_id is None:
-            if self._unet_lora is None:
-                raise InputError(
-                    "lora_id", f"this export has LoRA {self._merged} merged and no unet_lora stage"
-                )
-            return self._unet_lora, None
-        with self._lock:
-            entry = self._adapters.get(lora_id)
-        if entry is None:
-            raise KeyError(f"LoRA {lora_id} is not loaded in this executor")
-        return self._unet_lora, entry[1]
 
     def predict_noise(
         self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, lora_id=None
     ):
-        session, run_options = self._unet_for(lora_id)
+        route = self.routing.route(lora_id)
+        options = self._adapters.pinned(route.adapter).run_options if route.adapter is not None else None
         inputs = (sample, timestep, encoder_hidden_states)
         if self.spec.kind == "sdxl":
             inputs += (text_embeds, time_ids)
-        return self._run(session, self._unet_inputs, inputs, layout.UNET_OUTPUTS, run_options)[0]
+        return self._run(route.stage, inputs, options)[0]
 
     def decode_latents(self, latents):
-        return self._run(
-            self._vae_decoder, layout.VAE_DECODER_INPUTS, (latents,), layout.VAE_DECODER_OUTPUTS
-        )[0]
+        return self._run(VAE_DECODER, (latents,))[0]
 
-    def load_lora(self, lora: LoraWeights) -> str:
-        """Make `lora` runnable: the merged set needs nothing, others become `unet_lora` adapters."""
-        if lora.set_id == self._merged:
-            return lora.set_id
-        if self._unet_lora is None:
-            raise InputError(
-                "lora",
-                f"LoRA set {lora.set_id} needs the unet_lora stage; export with a recipe listing 'lora'",
-            )
-        with self._lock:
-            if lora.set_id in self._adapters:
-                return lora.set_id  # validated when it was first loaded: nothing more on the request path
-        lora.validate()
-        lora.validate_against(self.spec.lora_targets)
-        adapter = ort.LoraAdapter()
-        # onnxruntime loads adapters from files only; it reads the file whole, so it can go at once.
-        handle, name = tempfile.mkstemp(suffix=".onnx_adapter")
-        os.close(handle)
-        try:
-            adapter.Load(str(write_adapter(lora, self.spec, Path(name))))
-        finally:
-            os.unlink(name)
-        run_options = ort.RunOptions()
-        run_options.add_active_adapter(adapter)
-        with self._lock:
-            self._adapters.setdefault(lora.set_id, (adapter, run_options))
-        return lora.set_id
+    def acquire_lora(self, lora: LoraWeights | None) -> str | None:
+        """Route the request's LoRA set; for an adapter route, build (once) and hold its adapter."""
+        lora_id = None if lora is None else lora.set_id
+        route = self.routing.route(lora_id)
+        if route.adapter is None:
+            return lora_id
+        # Validated when its adapter is first built: nothing more on the request path.
+        self._adapters.acquire(lora_id, lambda: load_adapter(lora, self.spec))
+        return lora_id
 
-    def unload_lora(self, lora_id: str) -> None:
-        with self._lock:
-            self._adapters.pop(lora_id, None)
+    def release_lora(self, lora_id: str | None) -> None:
+        if lora_id is not None and self.routing.route(lora_id).adapter is not None:
+            self._adapters.release(lora_id)
 
-    def loaded_loras(self) -> list[str]:
-        """Ids of the adapters loaded now (the merged set, if any, is always available)."""
-        with self._lock:
-            return sorted(self._adapters)
+    def cached_adapters(self) -> list[str]:
+        """Ids of the adapters built now, least recently used first (the merged set needs none)."""
+        return self._adapters.keys()

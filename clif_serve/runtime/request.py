@@ -5,23 +5,17 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass, replace
 
+from clif_serve.contract.requests import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_NUM_IMAGES,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    MAX_SEED,
+    RequestLimits,
+    size_multiple,
+)
 from clif_serve.errors import InputError
 from clif_serve.models.spec import ModelSpec
-
-MAX_SEED = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """Accepted ranges; serving narrows the image sizes to the exported profile."""
-
-    min_steps: int = 1
-    max_steps: int = 150
-    min_guidance: float = 0.0
-    max_guidance: float = 30.0
-    min_size: int = 8
-    max_size: int = 2048
-    max_images: int = 8
 
 
 @dataclass(frozen=True)
@@ -30,15 +24,18 @@ class GenerationRequest:
 
     prompt: str
     negative_prompt: str | None = None
-    steps: int = 20
-    guidance_scale: float = 7.5
-    seed: int = 0
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    seed: int = DEFAULT_SEED
     height: int | None = None
     width: int | None = None
-    num_images: int = 1
+    num_images: int = DEFAULT_NUM_IMAGES
 
-    def validated(self, spec: ModelSpec, limits: RequestLimits = RequestLimits()) -> GenerationRequest:
-        """Check every field and fill the default size; raise InputError naming the bad field."""
+    def validated(self, spec: ModelSpec, limits: RequestLimits | None = None) -> GenerationRequest:
+        """Check every field and fill the default size; raise InputError naming the bad field.
+
+        `limits` default to the model's (`limits_for(spec)`)."""
+        limits = limits if limits is not None else limits_for(spec)
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InputError("prompt", "must be a non-empty string")
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
@@ -51,13 +48,19 @@ class GenerationRequest:
         width = spec.default_image_size if self.width is None else self.width
         for field, value in (("height", height), ("width", width)):
             _check_int(field, value, limits.min_size, limits.max_size)
-            if value % 8:
-                raise InputError(field, f"must be a multiple of 8, got {value}")
+            if value % limits.size_multiple:
+                raise InputError(field, f"must be a multiple of {limits.size_multiple}, got {value}")
         return replace(self, height=height, width=width)
 
     @property
     def uses_guidance(self) -> bool:
         return self.guidance_scale > 1.0
+
+
+def limits_for(spec: ModelSpec) -> RequestLimits:
+    """The limits of a model run in process: sizes in multiples of its image multiple (at least 8)."""
+    multiple = size_multiple(spec.image_multiple)
+    return RequestLimits(min_size=multiple, size_multiple=multiple)
 
 
 def _check_int(field: str, value, low: int, high: int) -> None:

@@ -2,28 +2,53 @@
 
 The tokenizer and the embedding matrix are never touched per request: concept tokens reach the
 text encoder through the concept table (`ConceptTextEncoder`). LoRA sets are added to the UNet
-as named peft adapters once and switched per call.
+as named peft adapters once and switched per call; beyond `adapter_capacity` the least recently
+used adapter that no request holds is deleted from the UNet. The adapters live in the UNet, so
+every executor on one UNet shares one adapter cache and one lock (`_UnetState`).
 """
 
 from __future__ import annotations
 
 import threading
-import warnings
+import weakref
+from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig
-from peft.utils import set_peft_model_state_dict
+from torch import nn
 
-from clif_serve.concepts.lora import LoraWeights
+from clif_serve.lora.cache import PinnedCache
+from clif_serve.lora.peft import add_adapter
+from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.concept_text_encoder import ConceptTextEncoder
 from clif_serve.models.loading import BaseModel
 from clif_serve.runtime.executor import Executor
 
 
+@dataclass
+class _UnetState:
+    """The lock that serialises a UNet's calls (adapter selection is UNet state) and its adapter cache."""
+
+    lock: threading.RLock
+    adapters: PinnedCache[str]
+
+
+_UNET_STATES: weakref.WeakKeyDictionary[nn.Module, _UnetState] = weakref.WeakKeyDictionary()
+_UNET_STATES_GUARD = threading.Lock()
+
+
+def _unet_state(unet: nn.Module, capacity: int) -> _UnetState:
+    with _UNET_STATES_GUARD:
+        state = _UNET_STATES.get(unet)
+        if state is None:
+            state = _UnetState(threading.RLock(), PinnedCache(capacity, drop=lambda lora_id, _: unet.delete_adapters(lora_id)))
+            _UNET_STATES[unet] = state
+        return state
+
+
 class TorchExecutor(Executor):
     """Runs a loaded `BaseModel` eagerly in PyTorch (CPU or CUDA)."""
 
-    def __init__(self, base: BaseModel):
+    def __init__(self, base: BaseModel, adapter_capacity: int = 16):
         self.base = base
         self.spec = base.spec
         self.device = base.unet.device
@@ -31,8 +56,8 @@ class TorchExecutor(Executor):
         self.text_encoders = [
             ConceptTextEncoder(module, spec) for module, spec in zip(base.text_encoders, base.spec.text_encoders, strict=True)
         ]
-        self._adapters: set[str] = set()
-        self._unet_lock = threading.Lock()
+        state = _unet_state(base.unet, adapter_capacity)
+        self._unet_lock, self._adapters = state.lock, state.adapters
 
     def _to_device(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
         if tensor is None:
@@ -62,37 +87,32 @@ class TorchExecutor(Executor):
     def decode_latents(self, latents):
         return self.base.vae.decode(self._to_device(latents), return_dict=False)[0]
 
-    def load_lora(self, lora: LoraWeights) -> str:
-        adapter = lora.set_id
-        with self._unet_lock:
-            if adapter not in self._adapters:  # validated once, when first loaded
-                lora.validate_against(self.spec.lora_targets)
-                config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.modules)
-                with warnings.catch_warnings():
-                    # peft warns whenever a second adapter joins the first: several are the point here.
-                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                    self.base.unet.add_adapter(config, adapter_name=adapter)
-                set_peft_model_state_dict(self.base.unet, lora.tensors, adapter_name=adapter)
-                for name, parameter in self.base.unet.named_parameters():
-                    if f".{adapter}." in name:
-                        parameter.data = parameter.data.to(self.device, self.dtype)
-                        parameter.requires_grad_(False)
-                self._adapters.add(adapter)
-        return adapter
+    def acquire_lora(self, lora: LoraWeights | None) -> str | None:
+        """Add the set as a peft adapter of the UNet (once; validated then) and hold it for the request."""
+        if lora is None:
+            return None
 
-    def unload_lora(self, lora_id: str) -> None:
+        def build() -> str:
+            lora.validate()
+            lora.validate_against(self.spec.lora_targets)
+            add_adapter(self.base.unet, lora, lora.set_id, self.device, self.dtype)
+            return lora.set_id
+
         with self._unet_lock:
-            if lora_id in self._adapters:
-                self.base.unet.delete_adapters(lora_id)
-                self._adapters.discard(lora_id)
+            return self._adapters.acquire(lora.set_id, build)
+
+    def release_lora(self, lora_id: str | None) -> None:
+        if lora_id is not None:
+            with self._unet_lock:
+                self._adapters.release(lora_id)
 
     def _select_adapter(self, lora_id: str | None) -> None:
-        if not self._adapters:
+        if not self._adapters.keys():
             return
         if lora_id is None:
             self.base.unet.disable_adapters()
             return
-        if lora_id not in self._adapters:
-            raise KeyError(f"LoRA {lora_id} is not loaded in this executor")
+        if lora_id not in self._adapters.keys():
+            raise KeyError(f"LoRA {lora_id} is not held by this request (acquire_lora first)")
         self.base.unet.enable_adapters()
         self.base.unet.set_adapter(lora_id)

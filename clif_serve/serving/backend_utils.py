@@ -8,11 +8,9 @@ their model needs, so a stage model's process does not load torch.
 
 from __future__ import annotations
 
-import json
 import logging
 import traceback
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -24,14 +22,6 @@ log = logging.getLogger(__name__)
 
 class StageError(RuntimeError):
     """A stage model answered a BLS request with an error."""
-
-
-def model_paths(args: dict) -> tuple[dict, dict[str, str], Path, Path]:
-    """(config, string parameters, version folder, repository root) of the model being initialised."""
-    config = json.loads(args["model_config"])
-    parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
-    model_dir = Path(args["model_repository"])
-    return config, parameters, model_dir / args["model_version"], model_dir.parent
 
 
 def inputs_of(request, names: Iterable[str]) -> dict[str, np.ndarray]:

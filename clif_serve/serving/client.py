@@ -1,8 +1,10 @@
 """gRPC client of a clif-serve Triton server: generation and concept hot-load.
 
 Errors come back as the exceptions the in-process library raises: a request field the server
-refused is an `InputError` (a refused pack a `PackError`) naming that field; anything else is a
-`ServerError`.
+refused is an `InputError` (a refused pack a `PackError`) naming that field; a call without the
+key it needs is `AccessDenied`; anything else is a `ServerError`. Keys (`ClientKeys`) default to
+the environment (`CLIF_SERVE_API_KEY_FILE`, `CLIF_SERVE_ADMIN_KEY_FILE`): the inference key goes
+with every call as a header, the admin key with concept add/remove as a request parameter.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from clif_serve.concepts.pack import ConceptPack, pack_to_bytes
 from clif_serve.errors import ClifServeError, InputError, PackError
 from clif_serve.runtime.request import GenerationRequest
+from clif_serve.serving.keys import ADMIN_KEY_PARAMETER, AccessDenied, ClientKeys
 from clif_serve.serving.protocol import (
     ACTION_ADD,
     ACTION_LIST,
@@ -35,6 +38,7 @@ from clif_serve.serving.protocol import (
 
 _REQUEST_ID = re.compile(r"^\[request id: [^\]]*\]\s*")
 _FIELD_ERROR = re.compile(r"^([A-Za-z_][\w.\-\[\]]*): (.+)$", re.DOTALL)
+_RESTRICTED = re.compile(r"^This (?:protocol|API) is restricted, expecting header '([^']+)'")
 _NUMPY_TYPES = {
     "BYTES": np.object_,
     "INT32": np.int32,
@@ -71,28 +75,39 @@ def _inputs(fields: Sequence[Field], values: Mapping[str, object]) -> list[grpcc
 
 def _raise_as_library_error(exc: InferenceServerException, error: type[InputError]) -> None:
     message = _REQUEST_ID.sub("", exc.message() or str(exc))
+    restricted = _RESTRICTED.match(message)
+    if restricted:
+        raise AccessDenied(restricted.group(1), f"the server needs this key header: {message}") from exc
     if exc.status() == "StatusCode.INVALID_ARGUMENT":
         match = _FIELD_ERROR.match(message)
         if match:
-            raise error(match.group(1), match.group(2)) from exc
+            kind = AccessDenied if match.group(1) == ADMIN_KEY_PARAMETER else error
+            raise kind(match.group(1), match.group(2)) from exc
     raise ServerError(f"{exc.status() or 'error'}: {message}") from exc
 
 
 class ClifClient:
-    """A connection to a clif-serve server (`host:port` of its gRPC endpoint)."""
+    """A connection to a clif-serve server (`host:port` of its gRPC endpoint).
 
-    def __init__(self, url: str = "localhost:8001", timeout_s: float | None = None):
+    `keys`: the keys to send (default: `ClientKeys.resolve()`, i.e. from the environment).
+    """
+
+    def __init__(self, url: str = "localhost:8001", timeout_s: float | None = None, keys: ClientKeys | None = None):
         self.url = url
         self.timeout_s = timeout_s
+        self.keys = keys if keys is not None else ClientKeys.resolve()
+        self._headers = self.keys.grpc_headers() or None
         self._client = grpcclient.InferenceServerClient(url)
 
-    def _infer(self, model: str, inputs, output: str, error: type[InputError]) -> np.ndarray:
+    def _infer(self, model: str, inputs, output: str, error: type[InputError], parameters=None) -> np.ndarray:
         try:
             result = self._client.infer(
                 model,
                 inputs,
                 outputs=[grpcclient.InferRequestedOutput(output)],
                 client_timeout=self.timeout_s,
+                headers=self._headers,
+                parameters=parameters or None,
             )
         except InferenceServerException as exc:
             _raise_as_library_error(exc, error)
@@ -101,7 +116,7 @@ class ClifClient:
     def is_ready(self) -> bool:
         """Whether the server and its models are ready."""
         try:
-            return bool(self._client.is_server_ready())
+            return bool(self._client.is_server_ready(headers=self._headers))
         except InferenceServerException:
             return False
 
@@ -109,12 +124,16 @@ class ClifClient:
         """Images `[N, H, W, 3]` uint8 for a request (validated by the server)."""
         return self._infer(PIPELINE_MODEL, _inputs(PIPELINE_INPUTS, vars(request)), IMAGES_OUTPUT, InputError)
 
-    def _control(self, **values) -> dict:
-        result = self._infer(CONCEPTS_MODEL, _inputs(CONCEPTS_INPUTS, values), RESULT_OUTPUT, PackError)
+    def _control(self, admin: bool = False, **values) -> dict:
+        parameters = self.keys.admin_parameters() if admin else None
+        result = self._infer(CONCEPTS_MODEL, _inputs(CONCEPTS_INPUTS, values), RESULT_OUTPUT, PackError, parameters)
         return json.loads(result.reshape(-1)[0])
 
     def add_concept(self, pack: ConceptPack | bytes | str | Path, replace: bool = False) -> dict:
-        """Hot-load a concept (a pack, its bytes, or a pack file); returns the server's store listing."""
+        """Hot-load a concept (a pack, its bytes, or a pack file); returns the server's store listing.
+
+        `changed` is False when the store already held this exact pack (adding it again is safe).
+        """
         if isinstance(pack, ConceptPack):
             data = pack_to_bytes(pack)
         elif isinstance(pack, bytes):
@@ -124,19 +143,27 @@ class ClifClient:
             if not path.is_file():
                 raise PackError("file", f"{path}: no such file")
             data = path.read_bytes()
-        return self._control(action=ACTION_ADD, pack=data, replace=replace)
+        return self._control(admin=True, action=ACTION_ADD, pack=data, replace=replace)
 
     def remove_concept(self, name: str) -> dict:
-        """Remove a concept from the server's store; returns the store listing."""
-        return self._control(action=ACTION_REMOVE, name=name)
+        """Remove a concept (or a pack the store skipped) from the server's store; returns the store listing."""
+        return self._control(admin=True, action=ACTION_REMOVE, name=name)
 
     def list_concepts(self) -> list[dict]:
         """The server's concepts: name, trigger, tokens, class word, lora."""
-        return self._control(action=ACTION_LIST)["concepts"]
+        return self.store_listing()["concepts"]
+
+    def store_listing(self) -> dict:
+        """The server's store: `concepts`, `skipped` (packs it holds but cannot serve: name, reason), `version`."""
+        return self._control(action=ACTION_LIST)
 
     def statistics(self, model: str) -> dict:
         """Triton's inference statistics of one model (JSON form: counts, batch_stats, ...)."""
-        return self._client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        try:
+            stats = self._client.get_inference_statistics(model, headers=self._headers, as_json=True)
+        except InferenceServerException as exc:
+            _raise_as_library_error(exc, InputError)
+        return stats["model_stats"][0]
 
     def close(self) -> None:
         self._client.close()

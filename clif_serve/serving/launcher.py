@@ -6,6 +6,14 @@ somewhere writable, the Python-backend stub for the running Python goes to `back
 `LD_LIBRARY_PATH` starts with this Python's own library folder (else the stub loads another
 libpython) followed by the wheel's `nvidia_pytriton.libs`, and this environment's `bin/` comes
 first on PATH, so the stub's `python3` is this interpreter with clif_serve importable.
+
+The server is closed by default: it listens on 127.0.0.1 unless told otherwise and refuses a
+non-loopback address without both API keys (`keys.require_keys_off_loopback`; `insecure`
+overrides); models are loaded at start and never through the API (`--model-control-mode=none`:
+nobody can load code or unload a model over the network); Triton's APIs are restricted to the
+keys (`keys.ServerKeys.triton_args`, management closed to everybody without an admin key); and the
+python backend's shared-memory regions carry a per-server prefix, so the regions of a server
+killed with -9 are removed when the next one starts (`clif_serve.serving.shm`).
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clif_serve.errors import ClifServeError
-from clif_serve.serving.concept_sync import STORE_ENV
+from clif_serve.serving.concept_control import STORE_ENV
+from clif_serve.serving.keys import KEY_ENVS, ServerKeys, require_keys_off_loopback
+from clif_serve.serving.shm import RegionClaim, claim_regions, remove_stale_regions
 
 PYTRITON_LIBS = "nvidia_pytriton.libs"
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
@@ -113,12 +123,12 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class Ports:
-    """The server's gRPC, HTTP and metrics ports and the address they bind to."""
+    """The server's gRPC, HTTP and metrics ports and the address they bind to (loopback by default)."""
 
     grpc: int = 8001
     http: int = 8000
     metrics: int = 8002
-    address: str = "0.0.0.0"
+    address: str = "127.0.0.1"
 
     @staticmethod
     def free_on_loopback() -> Ports:
@@ -137,6 +147,8 @@ class TritonServer:
         install: TritonInstall | None = None,
         log_file: str | Path | None = None,
         extra_args: tuple[str, ...] = (),
+        keys: ServerKeys = ServerKeys(),
+        insecure: bool = False,
     ):
         self.repo = Path(repo).resolve()
         if not self.repo.is_dir():
@@ -148,7 +160,10 @@ class TritonServer:
         self.install = install
         self.log_file = Path(log_file) if log_file else None
         self.extra_args = tuple(extra_args)
+        self.keys = keys
+        self.insecure = insecure
         self.process: subprocess.Popen | None = None
+        self.regions: RegionClaim | None = None  # this server's shared-memory prefix, while it runs
         self._output = None
         self._prepared: TritonInstall | None = None  # found by start(), cleaned up by stop()
 
@@ -157,13 +172,12 @@ class TritonServer:
         host = "localhost" if self.ports.address == "0.0.0.0" else self.ports.address
         return f"{host}:{self.ports.grpc}"
 
-    def command(self, install: TritonInstall) -> list[str]:
-        """The tritonserver command line."""
+    def command(self, install: TritonInstall, regions: RegionClaim | None = None) -> list[str]:
+        """The tritonserver command line (API restrictions included: it holds the keys)."""
         args = [
             str(install.binary),
             f"--model-repository={self.repo}",
-            "--model-control-mode=explicit",
-            "--load-model=*",
+            "--model-control-mode=none",
             "--disable-auto-complete-config",
             f"--grpc-address={self.ports.address}",
             f"--http-address={self.ports.address}",
@@ -177,11 +191,15 @@ class TritonServer:
             args.append(f"--backend-directory={install.backend_dir}")
         if install.cache_dir is not None:
             args.append(f"--cache-directory={install.cache_dir}")
-        return args + list(self.extra_args)
+        if regions is not None:
+            args.append(regions.backend_option())
+        return args + self.keys.triton_args() + list(self.extra_args)
 
     def environment(self, install: TritonInstall) -> dict[str, str]:
-        """The server's environment: the install's, the concept store, quiet transformers."""
-        env = os.environ | install.env | {"TRANSFORMERS_VERBOSITY": "error"}
+        """The server's environment: the install's, the concept store, the admin key for `clif_concepts`
+        (key variables of the caller are not passed on), quiet transformers."""
+        inherited = {name: value for name, value in os.environ.items() if name not in KEY_ENVS}
+        env = inherited | install.env | self.keys.model_environment() | {"TRANSFORMERS_VERBOSITY": "error"}
         if self.concept_store is not None:
             env[STORE_ENV] = str(self.concept_store)
         return env
@@ -194,21 +212,28 @@ class TritonServer:
         """
         if self.process is not None:
             raise ServerStartError("this server is already running")
+        require_keys_off_loopback(self.ports.address, self.keys, self.insecure)
         install = self.install
         if install is None:
             install = self._prepared = find_tritonserver()
         self._output = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 (closed in stop)
         try:
+            remove_stale_regions()
+            self.regions = claim_regions()
             # Own session: a terminal's Ctrl-C reaches us only, and we stop the server exactly once.
             self.process = subprocess.Popen(
-                self.command(install),
+                self.command(install, self.regions),
                 env=self.environment(install),
                 stdout=self._output,
                 stderr=subprocess.STDOUT if self._output else None,
                 start_new_session=True,
                 preexec_fn=_stop_with_parent,
+                pass_fds=(self.regions.fd,) if self.regions else (),
             )
+            if self.regions is not None:
+                self.regions.close()  # the server holds the owner lock now, for as long as it lives
             self.wait_ready(timeout_s)
+            remove_stale_regions()  # those of servers whose processes were still exiting a moment ago
         except BaseException:
             self.stop()
             raise
@@ -255,6 +280,10 @@ class TritonServer:
                     process.kill()
                     process.wait()
             code = process.returncode
+        if self.regions is not None:
+            self.regions.close()
+            remove_stale_regions(self.regions.folder, self.regions.token)
+            self.regions = None
         if self._output is not None:
             self._output.close()
             self._output = None

@@ -1,66 +1,50 @@
-"""LoRA adapters of the `unet_lora` stage model, built from the packs of the concept store.
+"""LoRA adapters of the `unet_lora` stage model, built from the LoRA sets of the concept store.
 
 A request names its adapter by the LoRA set id (a content hash, `LoraWeights.set_id`), so a cached
-adapter is always the right one. On a miss the stage syncs with the store, finds a pack carrying
-that set and turns its LoRA into an onnxruntime adapter with the exporter's `write_adapter`.
+adapter is always the right one. On a miss the stage reads the set's content-addressed file from
+the store (`ConceptStore.read_lora`), which the request's pipeline pinned before its first UNet
+call (`ConceptStore.pin_lora`): a pack removed or replaced meanwhile does not take it away. The
+cache keeps the `adapter_capacity` most recently used adapters.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from pathlib import Path
-
 import onnxruntime as ort
 
-from clif_serve.errors import PackError
-from clif_serve.export.adapters import write_adapter
-from clif_serve.export.layout import UNET_LORA_STAGE
-from clif_serve.serving.concept_sync import StoreSync, resolve_store
-from clif_serve.serving.service import read_model_folder
+from clif_serve.concepts.store import ConceptStore
+from clif_serve.lora.cache import PinnedCache
+from clif_serve.lora.onnx import ActiveAdapter, load_adapter
+from clif_serve.models.spec import ModelSpec
+from clif_serve.serving.concept_control import resolve_store
+from clif_serve.serving.context import ModelContext
 
 
 class AdapterCache:
-    """onnxruntime adapters by LoRA set id, least recently used dropped beyond `capacity`."""
+    """onnxruntime adapters by LoRA set id, built from the store's LoRA files on first use."""
 
-    def __init__(self, sync: StoreSync, capacity: int = 16):
-        self.sync = sync
-        self.capacity = capacity
-        self._adapters: OrderedDict[str, ort.LoraAdapter] = OrderedDict()
+    def __init__(self, store: ConceptStore, spec: ModelSpec, capacity: int = 16):
+        self.store = store
+        self.spec = spec
+        self._adapters: PinnedCache[ActiveAdapter] = PinnedCache(capacity)
 
-    def _lora(self, set_id: str):
-        self.sync.refresh()
-        for pack in self.sync.registry.snapshot().values():
-            if pack.lora is not None and pack.lora.set_id == set_id:
-                return pack.lora
-        raise PackError("lora_id", f"no concept in the store carries LoRA set {set_id}")
+    def _build(self, set_id: str) -> ActiveAdapter:
+        return load_adapter(self.store.read_lora(set_id), self.spec)  # validated for the base as it is written
 
-    def get(self, set_id: str) -> ort.LoraAdapter:
+    def get(self, set_id: str) -> ActiveAdapter:
         """The adapter of a LoRA set, built on first use."""
-        if set_id in self._adapters:
-            self._adapters.move_to_end(set_id)
-            return self._adapters[set_id]
-        lora = self._lora(set_id)
-        handle, name = tempfile.mkstemp(suffix=".onnx_adapter")
-        os.close(handle)
-        try:
-            adapter = ort.LoraAdapter()
-            # onnxruntime loads adapters from files only, reading them whole; the file can go at once.
-            adapter.Load(str(write_adapter(lora, self.sync.registry.spec, Path(name))))
-        finally:
-            os.unlink(name)
-        self._adapters[set_id] = adapter
-        while len(self._adapters) > self.capacity:
-            self._adapters.popitem(last=False)
-        return adapter
+        return self._adapters.get(set_id, lambda: self._build(set_id))
+
+    def run_options(self, set_id: str) -> ort.RunOptions:
+        """The RunOptions that activate a LoRA set's adapter."""
+        return self.get(set_id).run_options
+
+    def cached(self) -> list[str]:
+        """Ids of the adapters built now, least recently used first."""
+        return self._adapters.keys()
 
 
-def adapter_loader(
-    version_dir: Path, repo_root: Path, parameters: Mapping[str, str]
-) -> Callable[[str], ort.LoraAdapter]:
+def adapter_cache(context: ModelContext) -> AdapterCache:
     """The `unet_lora` stage's adapter source: the concept store of its base model."""
-    spec = read_model_folder(version_dir).spec
-    store = resolve_store(parameters.get("concept_store", ""), repo_root, spec)
-    return AdapterCache(StoreSync(store, spec, lora_stage=UNET_LORA_STAGE)).get
+    spec = context.folder().spec
+    store = resolve_store(context.parameters.concept_store, context.repo_root, spec)
+    return AdapterCache(ConceptStore(store), spec, context.parameters.adapter_capacity)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from clif_serve.errors import InputError
+from clif_serve.serving.parameters import ModelParameters
 
 BACKENDS = ("python", "onnxruntime", "tensorrt")
 
 
 @dataclass(frozen=True)
 class RepoOptions:
-    """How to build a repository (defaults suit the CPU server of nvidia-pytriton)."""
+    """How to build a repository (defaults suit the CPU server of nvidia-pytriton).
+
+    `models` is written into every Python-backend model's config (`ModelParameters`).
+    """
 
     backend: str = "python"
     pipeline_instances: int = 4
@@ -20,17 +24,27 @@ class RepoOptions:
     # there lets concurrent requests share a batch; UNet calls queue up by themselves under load.
     text_encoder_delay_us: int = 2000
     unet_delay_us: int = 0
-    intra_op_threads: int = 0
-    max_pack_bytes: int | None = None  # None: the pack format's default limit
-    concept_store: str = ""
+    models: ModelParameters = field(default_factory=ModelParameters)
 
-    def check(self) -> None:
+    @property
+    def takes_adapters(self) -> bool:
+        """Whether `unet_lora` runs LoRA adapters: the python backend, unless turned off."""
+        return self.backend == "python" and self.models.lora_adapters
+
+    def validate(self) -> None:
         """Raise InputError naming a bad option."""
         if self.backend not in BACKENDS:
             raise InputError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        for name in ("pipeline_instances", "stage_instances", "max_pack_bytes"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise InputError(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("text_encoder_delay_us", "unet_delay_us", "intra_op_threads"):
-            if getattr(self, name) < 0:
-                raise InputError(name, f"must be >= 0, got {getattr(self, name)}")
+        values = {
+            "pipeline_instances": (self.pipeline_instances, 1),
+            "stage_instances": (self.stage_instances, 1),
+            "max_pack_bytes": (self.models.max_pack_bytes, 1),
+            "adapter_capacity": (self.models.adapter_capacity, 1),
+            "max_concepts": (self.models.max_concepts, 1),
+            "text_encoder_delay_us": (self.text_encoder_delay_us, 0),
+            "unet_delay_us": (self.unet_delay_us, 0),
+            "intra_op_threads": (self.models.intra_op_threads, 0),
+        }
+        for name, (value, low) in values.items():
+            if value < low:
+                raise InputError(name, f"must be >= {low}, got {value}")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from clif_serve.serving.backend_utils import bls_call, error_response, inputs_of, model_paths, response
+from clif_serve.serving.backend_utils import bls_call, error_response, inputs_of, response
+from clif_serve.serving.context import model_context
 from clif_serve.serving.protocol import IMAGES_OUTPUT, PIPELINE_INPUTS
-from clif_serve.serving.service import PipelineService
+from clif_serve.serving.service import ServedPipeline
 
 
 class PipelineModel:
     """One instance runs one request at a time; concurrent instances meet in the stage batchers."""
 
     def initialize(self, args: dict) -> None:
-        _, parameters, version_dir, repo_root = model_paths(args)
-        self.service = PipelineService(version_dir, repo_root, bls_call, parameters)
+        self.service = ServedPipeline(model_context(args), bls_call)
 
     def execute(self, requests):
         responses = []

@@ -1,32 +1,25 @@
 """What `clif_pipeline` does with a request: decode fields, sync concepts, run ConceptPipeline.
 
 The pipeline is the in-process `ConceptPipeline` over a `TritonExecutor`, so served and
-in-process generation share the prompt expansion, the validation and THE sampling loop.
+in-process generation share the prompt expansion, the validation and THE sampling loop. A
+request keeps the registry snapshot it started with, and pins its LoRA set in the store.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from clif_serve.export.layout import MANIFEST, ExportFolder
-from clif_serve.models.spec import ModelSpec
+from clif_serve.concepts.sync import StoreSync
 from clif_serve.runtime.images import to_uint8
 from clif_serve.runtime.pipeline import ConceptPipeline
-from clif_serve.runtime.request import GenerationRequest, RequestLimits
-from clif_serve.serving.concept_sync import StoreSync, resolve_store
+from clif_serve.runtime.request import GenerationRequest
+from clif_serve.serving.concept_control import resolve_store
+from clif_serve.serving.context import ModelContext
 from clif_serve.serving.protocol import PIPELINE_INPUTS, decode_fields
 from clif_serve.serving.triton_executor import StageCall, TritonExecutor
-
-
-def read_model_folder(folder: Path) -> ExportFolder:
-    """The manifest and tokenizers that `clif-serve repo` copied next to a model's model.py."""
-    manifest = json.loads((folder / MANIFEST).read_text())
-    return ExportFolder(folder, manifest, ModelSpec.from_dict(manifest["model_spec"]))
 
 
 def decode_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequest:
@@ -34,21 +27,20 @@ def decode_request(inputs: Mapping[str, np.ndarray]) -> GenerationRequest:
     return GenerationRequest(**decode_fields(inputs, PIPELINE_INPUTS))
 
 
-class PipelineService:
+class ServedPipeline:
     """One `clif_pipeline` instance: a ConceptPipeline on stage calls, synced with the concept store."""
 
-    def __init__(self, version_dir: Path, repo_root: Path, call: StageCall, parameters: Mapping[str, str]):
+    def __init__(self, context: ModelContext, call: StageCall):
         # The loop's own tensor work (scheduler steps, guidance) is tiny; several instances with
         # torch thread pools of their own would only compete with the stage models for the cores.
         torch.set_num_threads(1)
-        folder = read_model_folder(version_dir)
-        spec = folder.spec
-        lora_stage, merged = parameters.get("lora_stage", ""), parameters.get("merged_lora") or None
-        store = resolve_store(parameters.get("concept_store", ""), repo_root, spec)
-        self.store = StoreSync(store, spec, lora_stage, merged)
-        limits = RequestLimits(**json.loads(parameters.get("limits") or "{}"))
-        executor = TritonExecutor(spec, call, int(parameters["concept_rows"]), lora_stage, merged)
-        self.pipeline = ConceptPipeline(executor, folder.tokenizers(), self.store.registry, limits)
+        folder = context.folder()
+        deployment = folder.deployment
+        store = resolve_store(context.parameters.concept_store, context.repo_root, deployment.spec)
+        self.store = StoreSync(store, deployment.spec, max_pack_bytes=context.parameters.max_pack_bytes)
+        routing = deployment.routing(context.parameters.lora_adapters)
+        executor = TritonExecutor(deployment, call, routing, pin=self.store.store.pin_lora)
+        self.pipeline = ConceptPipeline(executor, folder.tokenizers(), self.store.registry, deployment.limits)
 
     def handle(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Images `[N, H, W, 3]` uint8 for one request; bad fields raise InputError naming the field."""

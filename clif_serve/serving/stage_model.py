@@ -1,47 +1,57 @@
 """Triton Python-backend model of one ONNX stage: one onnxruntime run per dynamic batch.
 
-Config parameters (written by `clif-serve repo`): `model_file` (the ONNX file in the version
-folder), `intra_op_threads`, and for `unet_lora` `adapter_input` (the input naming each
-request's LoRA adapter) and `concept_store` (where the adapters are).
+The stage is the model's name; its tensors are the deployment's stage signature (the manifest
+`clif-serve repo` copied next to model.py). `unet_lora` with adapters also takes `lora_id`, which
+names each request's LoRA set; a request without it (or with an empty one) runs without adapter.
+Every request is checked alone (`StageRequestCheck`) before it joins the batch's onnxruntime run,
+so a bad request fails alone and its batch-mates are answered.
 """
 
 from __future__ import annotations
 
-from clif_serve.serving.backend_utils import error_response, inputs_of, model_paths, response
-from clif_serve.serving.stage import OnnxStage
+from clif_serve.serving.backend_utils import error_response, inputs_of, response
+from clif_serve.serving.context import model_context
+from clif_serve.serving.signatures import LORA_ID_INPUT
+from clif_serve.serving.stage_requests import StageRequestCheck
+from clif_serve.serving.stage_runner import StageRunner
 
 
 class StageModel:
     """A stage (text encoder, UNet, VAE decoder) run by onnxruntime."""
 
     def initialize(self, args: dict) -> None:
-        config, parameters, version_dir, repo_root = model_paths(args)
-        self.adapter_input = parameters.get("adapter_input", "")
+        context = model_context(args)
+        deployment = context.folder().deployment
+        signature = deployment.signature(context.name)
+        served = {entry["name"] for entry in context.config["input"]}
+        takes_lora_id = LORA_ID_INPUT in served
         adapters = None
-        if self.adapter_input:
-            from clif_serve.serving.lora_adapters import adapter_loader
+        if takes_lora_id:
+            from clif_serve.serving.lora_adapters import adapter_cache
 
-            adapters = adapter_loader(version_dir, repo_root, parameters)
-        self.input_names = [entry["name"] for entry in config["input"] if entry["name"] != self.adapter_input]
-        self.stage = OnnxStage(
-            version_dir / parameters["model_file"],
-            self.input_names,
-            [entry["name"] for entry in config["output"]],
-            intra_op_threads=int(parameters.get("intra_op_threads") or 0),
-            adapter_loader=adapters,
+            adapters = adapter_cache(context).run_options
+        self.input_names = [*signature.input_names, *([LORA_ID_INPUT] if takes_lora_id else [])]
+        self.check = StageRequestCheck(deployment, context.name, LORA_ID_INPUT if takes_lora_id else None)
+        self.runner = StageRunner(
+            context.version_dir / context.parameters.model_file,
+            signature.input_names,
+            signature.output_names,
+            intra_op_threads=context.parameters.intra_op_threads,
+            adapter_options=adapters,
         )
 
-    def _adapters(self, requests) -> list[str] | None:
-        if not self.adapter_input:
-            return None
-        return [
-            inputs_of(r, [self.adapter_input])[self.adapter_input].reshape(-1)[0].decode() for r in requests
-        ]
-
     def execute(self, requests):
-        feeds = [inputs_of(request, self.input_names) for request in requests]
-        results = self.stage.run(feeds, self._adapters(requests))
-        return [
-            error_response(result) if isinstance(result, Exception) else response(result)
-            for result in results
-        ]
+        responses: list = [None] * len(requests)
+        feeds, adapters, members = [], [], []
+        for index, request in enumerate(requests):
+            try:
+                feed, adapter = self.check(inputs_of(request, self.input_names))
+            except Exception as exc:  # this request alone fails; the batch runs without it
+                responses[index] = error_response(exc)
+                continue
+            feeds.append(feed)
+            adapters.append(adapter)
+            members.append(index)
+        for index, result in zip(members, self.runner.run(feeds, adapters), strict=True):
+            responses[index] = error_response(result) if isinstance(result, Exception) else response(result)
+        return responses

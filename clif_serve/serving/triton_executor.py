@@ -2,36 +2,40 @@
 
 Each stage call goes through a `StageCall` (inside Triton: a BLS request, see
 `backend_utils.bls_call`), so concurrent pipeline instances' calls meet in the stage models'
-dynamic batchers. Concept tables are zero-padded to the fixed row count of the stage signature.
+dynamic batchers. Tensor names come from the deployment's stage signatures; concept tables are
+zero-padded to the deployment's fixed row count; the UNet stage and adapter of each request
+come from its LoRA routing. A request on an adapter route pins its LoRA set for its whole run
+(`pin`: `ConceptStore.pin_lora` in the server), so the stage model can load the set the request
+started with even if its pack is removed or replaced meanwhile.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from clif_serve.concepts.lora import LoraWeights
+from clif_serve.contract.deployment import Deployment
+from clif_serve.contract.routing import LoraRouting
+from clif_serve.contract.stages import VAE_DECODER
 from clif_serve.errors import InputError
-from clif_serve.export.layout import (
-    TEXT_ENCODER_INPUTS,
-    TEXT_ENCODER_OUTPUTS,
-    UNET_INPUTS,
-    UNET_OUTPUTS,
-    UNET_SDXL_INPUTS,
-    UNET_STAGE,
-    VAE_DECODER_INPUTS,
-    VAE_DECODER_OUTPUTS,
-    VAE_DECODER_STAGE,
-)
-from clif_serve.models.spec import ModelSpec
+from clif_serve.lora.cache import PinnedCache
+from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
-from clif_serve.serving.concept_sync import check_lora_servable
 from clif_serve.serving.signatures import LORA_ID_INPUT
 
 # (model name, inputs by name, output names) -> outputs by name
 StageCall = Callable[[str, Mapping[str, np.ndarray], tuple[str, ...]], Mapping[str, np.ndarray]]
+
+
+class Pin(Protocol):
+    def release(self) -> None: ...
+
+
+# A LoRA set -> a pin that keeps it loadable by the stage models until released
+LoraPinner = Callable[[LoraWeights], Pin]
 
 
 def _array(tensor: torch.Tensor, dtype=np.float32) -> np.ndarray:
@@ -54,60 +58,56 @@ def pad_concept_table(table: torch.Tensor, rows: int) -> torch.Tensor:
 class TritonExecutor(Executor):
     """Runs the text encoders, UNet and VAE decoder as calls to the repository's stage models."""
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        call: StageCall,
-        concept_rows: int,
-        lora_stage: str = "",
-        merged_lora: str | None = None,
-    ):
-        self.spec = spec
+    def __init__(self, deployment: Deployment, call: StageCall, routing: LoraRouting, pin: LoraPinner | None = None):
+        self.deployment = deployment
+        self.spec = deployment.spec
         self.call = call
-        self.concept_rows = concept_rows
-        self.lora_stage = lora_stage
-        self.merged_lora = merged_lora  # the LoRA set folded into the plain unet stage, if any
+        self.routing = routing
+        self.pin = pin
+        # Counted pins: held exactly while some request uses the set (capacity 0 keeps none unheld).
+        self._pins: PinnedCache[Pin] = PinnedCache(0, drop=lambda _set_id, pin: pin.release())
+
+    def _call(self, stage: str, tensors: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
+        outputs = self.deployment.signature(stage).output_names
+        result = self.call(stage, tensors, outputs)
+        return [torch.from_numpy(np.array(result[name])) for name in outputs]
 
     def encode_text(self, encoder_index, input_ids, concept_table):
-        encoder = self.spec.text_encoders[encoder_index]
-        ids_name, table_name = TEXT_ENCODER_INPUTS
-        table = pad_concept_table(concept_table.to(torch.float32), self.concept_rows)
-        outputs = self.call(
-            encoder.name,
-            {ids_name: _array(input_ids, np.int64), table_name: _array(table)},
-            TEXT_ENCODER_OUTPUTS,
-        )
-        return tuple(torch.from_numpy(np.array(outputs[name])) for name in TEXT_ENCODER_OUTPUTS)
+        stage = self.spec.text_encoder_names[encoder_index]
+        ids_name, table_name = self.deployment.signature(stage).input_names
+        table = pad_concept_table(concept_table.to(torch.float32), self.deployment.served_concept_rows)
+        hidden, pooled = self._call(stage, {ids_name: _array(input_ids, np.int64), table_name: _array(table)})
+        return hidden, pooled
 
     def predict_noise(
         self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, lora_id=None
     ):
+        route = self.routing.route(lora_id)
         # The timestep is a per-sample scalar: sent as [B, 1], the stage sees [B] (config reshape).
-        per_sample = (sample, timestep.reshape(-1, 1), encoder_hidden_states)
-        feed = {name: _array(value) for name, value in zip(UNET_INPUTS, per_sample, strict=True)}
+        values = [sample, timestep.reshape(-1, 1), encoder_hidden_states]
         if self.spec.kind == "sdxl":
-            feed.update(
-                {
-                    name: _array(value)
-                    for name, value in zip(UNET_SDXL_INPUTS, (text_embeds, time_ids), strict=True)
-                }
-            )
-        stage = UNET_STAGE
-        if lora_id != self.merged_lora:  # an adapter, or the base UNet of an export with a merged LoRA
-            stage = self.lora_stage
-            feed[LORA_ID_INPUT] = np.array([[(lora_id or "").encode()]] * sample.shape[0], dtype=np.object_)
-        (name,) = UNET_OUTPUTS
-        return torch.from_numpy(np.array(self.call(stage, feed, UNET_OUTPUTS)[name]))
+            values += [text_embeds, time_ids]
+        names = self.deployment.signature(route.stage).input_names
+        feed = {name: _array(value) for name, value in zip(names, values, strict=True)}
+        if route.adapter is not None:
+            feed[LORA_ID_INPUT] = np.array([[route.adapter.encode()]] * sample.shape[0], dtype=np.object_)
+        (noise,) = self._call(route.stage, feed)
+        return noise
 
     def decode_latents(self, latents):
-        (input_name,), (output_name,) = VAE_DECODER_INPUTS, VAE_DECODER_OUTPUTS
-        outputs = self.call(VAE_DECODER_STAGE, {input_name: _array(latents)}, VAE_DECODER_OUTPUTS)
-        return torch.from_numpy(np.array(outputs[output_name]))
+        (name,) = self.deployment.signature(VAE_DECODER).input_names
+        (images,) = self._call(VAE_DECODER, {name: _array(latents)})
+        return images
 
-    def load_lora(self, lora: LoraWeights) -> str:
-        """The adapter id; the `unet_lora` stage reads its adapter from the concept store by that id."""
-        check_lora_servable(lora, self.lora_stage, self.merged_lora)
-        return lora.set_id
+    def acquire_lora(self, lora: LoraWeights | None) -> str | None:
+        """The request's LoRA set id, once its route is known; an adapter route pins the set until release."""
+        lora_id = None if lora is None else lora.set_id
+        route = self.routing.route(lora_id)
+        if route.adapter is not None and self.pin is not None:
+            self._pins.acquire(route.adapter, lambda: self.pin(lora))
+        return lora_id
 
-    def unload_lora(self, lora_id: str) -> None:
-        """Nothing to do here: adapters live in the `unet_lora` stage model, keyed by id."""
+    def release_lora(self, lora_id: str | None) -> None:
+        """Drop the request's pin of its LoRA set (if it took one)."""
+        if lora_id is not None and self.pin is not None and self.routing.route(lora_id).adapter is not None:
+            self._pins.release(lora_id)

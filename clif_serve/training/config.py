@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from clif_serve.concepts.pack import check_name
+from clif_serve.concepts.pack import validate_name
 from clif_serve.errors import InputError
 from clif_serve.training.segmentation import SegmentationConfig
 
@@ -94,7 +94,7 @@ class TrainConfig:
             raise InputError("concept", "give at least one --concept NAME=IMAGE_DIR[:CLASS_WORD]")
         seen: set[str] = set()
         for concept in self.concepts:
-            check_name(concept.name)
+            validate_name(concept.name)
             if concept.name in seen:
                 raise InputError("concept", f"the name {concept.name!r} is given twice; concept names must be unique")
             seen.add(concept.name)

@@ -18,8 +18,8 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
 
-from clif_serve.concepts.lora import LoraWeights
 from clif_serve.concepts.prompt import EncodedPrompts
+from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.loading import BaseModel
 from clif_serve.runtime.sampling import sdxl_time_ids
 from clif_serve.training.data import center_square

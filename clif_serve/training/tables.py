@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from clif_serve.concepts.lora import LoraWeights
 from clif_serve.concepts.pack import ConceptPack
 from clif_serve.concepts.prompt import EncodedPrompts, PromptEncoder
+from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.concept_text_encoder import ConceptTextEncoder
 from clif_serve.models.loading import BaseModel
 

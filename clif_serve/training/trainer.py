@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from clif_serve.concepts.create import class_word_ids, new_pack
-from clif_serve.concepts.pack import ConceptPack, write_pack
+from clif_serve.concepts.pack import ConceptPack
+from clif_serve.concepts.store import ConceptStore
 from clif_serve.errors import InputError
 from clif_serve.models.loading import BaseModel, load_base_model
 from clif_serve.training.checkpoint import Checkpoint, SavedState
@@ -170,10 +171,12 @@ def _anchors(tables: ConceptTables, saved: SavedState | None) -> dict[str, torch
 
 
 def _write_packs(base: BaseModel, tables: ConceptTables, lora, folder: Path) -> list[Path]:
+    """Validate and save every concept's pack through `ConceptStore` (a served store sees them at once)."""
+    store = ConceptStore(folder)
     paths = []
     for pack in tables.packs(lora):
         pack.validate_for(base.spec)
-        paths.append(write_pack(pack, folder / f"{pack.name}.safetensors"))
+        paths.append(store.save(pack))
     return paths
 
 

@@ -1,7 +1,4 @@
-"""Export fixtures: each tiny model is exported once per test session (the CLI for `tiny`).
-
-`tiny` has the plain UNet and unet_lora; `tiny-xl` also has a LoRA merged into its UNet.
-"""
+"""Export fixtures: LoRA packs for `tiny` (the tiny and tiny-xl exports are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,42 +7,6 @@ from dataclasses import replace
 import pytest
 
 from tests.helpers import random_lora, random_pack
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory):
-    """`clif-serve export --model tiny` (recipe tiny: plain UNet + unet_lora), through the CLI."""
-    from clif_serve.cli import main
-    from clif_serve.export.layout import open_export
-
-    out = tmp_path_factory.mktemp("exports") / "tiny"
-    assert main(["export", "--model", "tiny", "--out", str(out)]) == 0
-    return open_export(out)
-
-
-@pytest.fixture(scope="session")
-def xl_packs(tiny_xl_base):
-    """Concept packs for `tiny-xl`: joe (embeddings only), ann (LoRA A, merged below), bob (LoRA B)."""
-    return {
-        "joe": random_pack(tiny_xl_base, "joe", "dog", seed=1),
-        "ann": replace(
-            random_pack(tiny_xl_base, "ann", "cat", seed=2), lora=random_lora(tiny_xl_base, seed=21)
-        ),
-        "bob": replace(
-            random_pack(tiny_xl_base, "bob", "dog", seed=3),
-            lora=random_lora(tiny_xl_base, rank=2, seed=22, modules=20),
-        ),
-    }
-
-
-@pytest.fixture(scope="session")
-def tiny_xl_export(tmp_path_factory, tiny_xl_base, xl_packs):
-    """tiny-xl (recipe tiny-xl) with ann's LoRA merged into `unet`: the base model runs on unet_lora
-    without an adapter, other LoRA sets on unet_lora with one. Through the library call."""
-    from clif_serve.export.exporter import export_model
-
-    out = tmp_path_factory.mktemp("exports") / "tiny-xl"
-    return export_model(tiny_xl_base, out, recipe="tiny-xl", merge_lora=xl_packs["ann"])
 
 
 @pytest.fixture(scope="session")

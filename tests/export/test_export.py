@@ -10,17 +10,21 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from clif_serve.export import layout
+from clif_serve.contract import folder as layout
+from clif_serve.contract.stages import stage_signature
 from clif_serve.export.parity import ExportParityError, check_stage
 from clif_serve.export.recipe import load_recipe
-from clif_serve.export.stages import text_encoder_stage
+from clif_serve.export.traces import text_encoder_trace
 
 
 def test_manifest_describes_every_stage(tiny_export, tiny_base):
     manifest = tiny_export.manifest
-    assert manifest["model_spec"]["fingerprint"] == tiny_base.spec.fingerprint
+    deployment = manifest["deployment"]
+    assert deployment["model_spec"]["fingerprint"] == tiny_base.spec.fingerprint
     assert manifest["recipe"]["name"] == "tiny"
-    assert manifest["image"] == {"height": [32, 64, 128], "width": [32, 64, 128], "multiple": 4}
+    assert (deployment["height"], deployment["width"]) == ([32, 64, 128], [32, 64, 128])
+    assert deployment["model_spec"]["image_multiple"] == 4
+    assert tiny_export.deployment.stages == ("text_encoder", "unet", "unet_lora", "vae_decoder")
     assert list(manifest["stages"]) == ["text_encoder", "unet", "unet_lora", "vae_decoder"]
     for name, stage in manifest["stages"].items():
         assert stage["opset"] == 18 and stage["base_fingerprint"] == tiny_base.spec.fingerprint
@@ -28,22 +32,24 @@ def test_manifest_describes_every_stage(tiny_export, tiny_base):
         assert stage["export_seconds"] > 0
         assert json.loads((tiny_export.stage_dir(name) / layout.STAGE_MANIFEST).read_text()) == stage
     text = manifest["stages"]["text_encoder"]
-    assert [i["name"] for i in text["inputs"]] == list(layout.TEXT_ENCODER_INPUTS)
+    assert [i["name"] for i in text["inputs"]] == ["input_ids", "concept_table"]
     assert text["inputs"][1]["shape"] == ["batch", "concept_rows", 32]
-    assert [o["name"] for o in text["outputs"]] == list(layout.TEXT_ENCODER_OUTPUTS)
+    assert [o["name"] for o in text["outputs"]] == ["hidden_states", "pooled"]
     unet = manifest["stages"]["unet"]
     assert unet["dynamic_axes"]["sample"] == {"0": "batch", "2": "2*height_units", "3": "2*width_units"}
     assert unet["merged_lora"] is None
-    assert unet["weight_map"]["lora_targets_mapped"] == [32, 32]
+    assert "weight_map" not in unet, "an ordinary export hashes no weights"
     lora = manifest["stages"]["unet_lora"]
-    assert [i["name"] for i in lora["inputs"]] == list(layout.UNET_INPUTS)
+    assert [i["name"] for i in lora["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
     assert len(lora["lora_inputs"]) == 2 * len(tiny_base.spec.lora_targets)
 
 
 def test_sdxl_export_has_both_text_encoders_and_added_conditioning(tiny_xl_export):
     stages = tiny_xl_export.manifest["stages"]
     assert list(stages) == ["text_encoder", "text_encoder_2", "unet", "unet_lora", "vae_decoder"]
-    assert [i["name"] for i in stages["unet"]["inputs"]] == list(layout.UNET_INPUTS + layout.UNET_SDXL_INPUTS)
+    expected = ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+    assert [i["name"] for i in stages["unet"]["inputs"]] == expected
+    assert list(stage_signature(tiny_xl_export.spec, "unet").input_names) == expected
     assert stages["unet"]["inputs"][3]["shape"] == ["batch", 32]
     assert stages["unet"]["inputs"][4]["shape"] == ["batch", 6]
     assert stages["text_encoder_2"]["outputs"][1]["shape"] == ["batch", 32]
@@ -88,7 +94,7 @@ def test_unet_and_vae_accept_the_recipe_range(sessions, tiny_base, batch, height
 
 
 def test_parity_check_refuses_a_stage_that_disagrees(tiny_export, tiny_base):
-    stage = text_encoder_stage(tiny_base, 0, load_recipe("tiny"))
+    stage = text_encoder_trace(tiny_base, 0, load_recipe("tiny").deployment(tiny_base.spec))
     session = ort.InferenceSession(str(tiny_export.onnx_path("text_encoder")))
     figures = check_stage(stage, session, 1e-3)
     assert figures["max_abs_diff"] < 1e-4 and len(figures["cases"]) == 2
@@ -136,7 +142,7 @@ def test_cli_errors_name_the_option_and_write_nothing(tmp_path, capsys):
 
 def test_merged_lora_export(tiny_xl_export, xl_packs):
     stage = tiny_xl_export.manifest["stages"]["unet"]
-    assert stage["merged_lora"] == tiny_xl_export.merged_lora == xl_packs["ann"].lora.set_id
+    assert stage["merged_lora"] == tiny_xl_export.deployment.merged_lora == xl_packs["ann"].lora.set_id
     for case in stage["parity"]["cases"]:
         figures = case["outputs"]["noise_pred"]
         assert figures["max_abs_diff"] <= 1e-3 * figures["scale"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from clif_serve.concepts.registry import ConceptRegistry
+from clif_serve.contract.folder import MANIFEST
 from clif_serve.errors import InputError, PackError
-from clif_serve.export import layout
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.ort_executor import OrtExecutor, OrtSettings
 from clif_serve.runtime.pipeline import ConceptPipeline
@@ -70,31 +71,45 @@ def test_adapter_switching_a_b_a_gives_a_again_exactly(ort_tiny):
     assert (first - other).abs().max() > 1e-2 and (first - plain).abs().max() > 1e-2
 
 
-def test_unloaded_adapter_is_reloaded_identically(ort_tiny, lora_packs):
-    executor = ort_tiny.executor
-    before = ort_tiny.generate(_request("<rex>", seed=3))
-    executor.unload_lora(lora_packs["rex"].lora.set_id)
-    assert lora_packs["rex"].lora.set_id not in executor.loaded_loras()
-    assert torch.equal(ort_tiny.generate(_request("<rex>", seed=3)), before)
+def test_evicted_adapter_is_rebuilt_identically(tiny_export, lora_packs):
+    """With room for one adapter, ann's evicts rex's; rex's comes back bit-identical."""
+    small = _pipeline(OrtExecutor(tiny_export, OrtSettings(adapter_capacity=1)), tiny_export.tokenizers(), lora_packs.values())
+    rex, ann = lora_packs["rex"].lora.set_id, lora_packs["ann"].lora.set_id
+    before = small.generate(_request("<rex>", seed=3))
+    small.generate(_request("<ann>", seed=3))
+    assert small.executor.cached_adapters() == [ann]
+    assert torch.equal(small.generate(_request("<rex>", seed=3)), before)
+    assert small.executor.cached_adapters() == [rex]
+
+
+def test_an_adapter_a_request_holds_is_never_evicted(tiny_export, lora_packs):
+    executor = OrtExecutor(tiny_export, OrtSettings(adapter_capacity=1))
+    rex, ann = lora_packs["rex"].lora, lora_packs["ann"].lora
+    held = executor.acquire_lora(rex)
+    executor.acquire_lora(ann)  # over capacity while both are held
+    assert sorted(executor.cached_adapters()) == sorted([rex.set_id, ann.set_id])
+    executor.release_lora(ann.set_id)  # ann is not held any more: it goes, rex (held) stays
+    assert executor.cached_adapters() == [rex.set_id]
+    executor.release_lora(held)
 
 
 def test_bad_lora_is_refused_and_changes_nothing(ort_tiny, tiny_base):
     executor = ort_tiny.executor
-    loaded = executor.loaded_loras()
+    loaded = executor.cached_adapters()
     good = random_lora(tiny_base, rank=2, seed=40, modules=2)
     module = good.modules[0]
     wrong = dict(good.tensors)
     wrong[f"{module}.lora_A.weight"] = torch.randn(2, 7)
     with pytest.raises(PackError, match=f"unet.{module}"):
-        executor.load_lora(replace(good, tensors=wrong))
+        executor.acquire_lora(replace(good, tensors=wrong))
     unknown = {
         f"not.a.module{key[len(module) :]}": value
         for key, value in good.tensors.items()
         if key.startswith(module)
     }
     with pytest.raises(PackError, match="not.a.module"):
-        executor.load_lora(replace(good, tensors=unknown))
-    assert executor.loaded_loras() == loaded
+        executor.acquire_lora(replace(good, tensors=unknown))
+    assert executor.cached_adapters() == loaded
     with pytest.raises(KeyError):
         executor.predict_noise(
             torch.zeros(1, 4, 8, 8), torch.zeros(1), torch.zeros(1, 77, 32), lora_id="0" * 16
@@ -148,11 +163,14 @@ def test_tiny_xl_merged_and_adapter_switching(xl_pipelines):
 def test_merged_only_export_cannot_run_other_unets(tiny_xl_export, xl_packs, tmp_path):
     """Without unet_lora, an export with a merged LoRA runs that set only, and says so."""
     folder = tmp_path / "merged-only"
-    shutil.copytree(tiny_xl_export.root, folder, ignore=shutil.ignore_patterns(layout.UNET_LORA_STAGE))
+    shutil.copytree(tiny_xl_export.root, folder, ignore=shutil.ignore_patterns("unet_lora"))
+    manifest = json.loads((folder / MANIFEST).read_text())  # as a recipe without the 'lora' variant writes it
+    manifest["deployment"]["stages"].remove("unet_lora")
+    (folder / MANIFEST).write_text(json.dumps(manifest))
     executor = OrtExecutor(folder)
     pipeline = _pipeline(executor, tiny_xl_export.tokenizers(), xl_packs.values())
     assert pipeline.generate(_xl_request("<ann>")).shape == (1, 3, 64, 64)
-    with pytest.raises(InputError, match="lora: LoRA set .* needs the unet_lora stage"):
+    with pytest.raises(InputError, match="prompt: LoRA set .* cannot run here: .*no unet_lora stage"):
         pipeline.generate(_xl_request("<bob>"))
-    with pytest.raises(InputError, match="lora_id: this export has LoRA .* merged"):
+    with pytest.raises(InputError, match="prompt: this deployment's unet has LoRA set .* merged"):
         pipeline.generate(_xl_request("<joe>"))

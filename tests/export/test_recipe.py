@@ -69,7 +69,7 @@ def test_bad_recipes_name_the_key(change, field):
 def test_sizes_must_fit_the_model(tiny_base):
     recipe = recipe_from_dict({**GOOD, "width": [64, 66, 128]}, "odd")
     with pytest.raises(InputError, match="width.*66 is not a multiple of 4"):
-        recipe.check_for(tiny_base.spec, 4)
+        recipe.validate_for(tiny_base.spec)
 
 
 def test_unknown_recipe_and_bad_toml(tmp_path):

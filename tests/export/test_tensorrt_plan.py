@@ -8,11 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from clif_serve.contract.folder import ONNX_FILE, WEIGHT_MAP_FILE
+from clif_serve.contract.ranges import Range
 from clif_serve.errors import ClifServeError
-from clif_serve.export import layout
-from clif_serve.export.lora_math import merge_lora
-from clif_serve.export.recipe import Profile, Range, load_recipe
-from clif_serve.export.refit import refit_plan, weight_with_lora
+from clif_serve.export.exporter import export_stage
+from clif_serve.export.recipe import Profile, load_recipe
 from clif_serve.export.tensorrt import (
     OnnxInitializers,
     TensorRTUnavailable,
@@ -20,12 +20,15 @@ from clif_serve.export.tensorrt import (
     engine_stages,
     stage_profiles,
 )
+from clif_serve.export.traces import unet_trace
 from clif_serve.export.weight_map import (
     WeightRef,
     build_weight_map,
     lora_target_initializers,
     read_weight_map,
 )
+from clif_serve.lora.math import merge_lora, weight_with_lora
+from clif_serve.lora.refit import refit_plan
 
 needs_no_tensorrt = pytest.mark.skipif(
     importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed"
@@ -63,6 +66,8 @@ def test_several_profiles_for_sdxl(tiny_xl_export):
     wide = Profile(Range(1, 2, 8), Range(32, 64, 128), Range(64, 128, 128))
     base = load_recipe("tiny-xl")
     recipe = replace(base, tensorrt=replace(base.tensorrt, profiles=(square, wide)))
+    # Merged LoRA: requests without it run on unet_lora (without adapter), so it gets an engine too.
+    assert engine_stages(tiny_xl_export) == ("text_encoder", "text_encoder_2", "unet", "unet_lora", "vae_decoder")
     first, second = stage_profiles(tiny_xl_export, "unet", recipe)
     assert first["sample"] == ((1, 4, 32, 32), (2, 4, 32, 32), (2, 4, 32, 32))
     assert second["sample"] == ((1, 4, 16, 32), (2, 4, 32, 64), (8, 4, 64, 64))
@@ -71,10 +76,27 @@ def test_several_profiles_for_sdxl(tiny_xl_export):
     assert first["encoder_hidden_states"] == ((1, 77, 64), (2, 77, 64), (2, 77, 64))
 
 
-def test_weight_map_of_the_real_export(tiny_export, tiny_base):
+@pytest.fixture(scope="module")
+def refit_unet(tmp_path_factory, tiny_base):
+    """The tiny UNet stage as an export for refittable TensorRT engines writes it: with its weight map."""
+    recipe = load_recipe("tiny")
+    folder = tmp_path_factory.mktemp("refit") / "unet"
+    trace = unet_trace(tiny_base, recipe.deployment(tiny_base.spec))
+    record = export_stage(trace, folder, recipe, sorted(tiny_base.spec.lora_targets))
+    return folder, record
+
+
+def test_ordinary_exports_build_no_weight_map(tiny_export):
+    assert not (tiny_export.stage_dir("unet") / WEIGHT_MAP_FILE).exists()
+    assert "weight_map" not in tiny_export.stage_record("unet")
+
+
+def test_weight_map_of_the_real_export(refit_unet, tiny_base):
     """Every LoRA target's weight is one initializer holding W^T; named weights keep their names."""
-    weight_map = read_weight_map(tiny_export.stage_dir(layout.UNET_STAGE) / layout.WEIGHT_MAP_FILE)
-    initializers = OnnxInitializers(tiny_export.onnx_path(layout.UNET_STAGE))
+    folder, record = refit_unet
+    assert record["weight_map"]["lora_targets_mapped"] == [32, 32]
+    weight_map = read_weight_map(folder / WEIGHT_MAP_FILE)
+    initializers = OnnxInitializers(folder / ONNX_FILE)
     parameters = dict(tiny_base.unet.named_parameters())
     targets = lora_target_initializers(weight_map, sorted(tiny_base.spec.lora_targets))
     assert len(targets) == len(tiny_base.spec.lora_targets) == 32
@@ -104,10 +126,11 @@ def test_weight_map_by_name_by_content_and_ambiguity():
 
 
 @pytest.fixture(scope="module")
-def refit_setup(tiny_export, lora_packs):
-    weight_map = read_weight_map(tiny_export.stage_dir(layout.UNET_STAGE) / layout.WEIGHT_MAP_FILE)
-    targets = lora_target_initializers(weight_map, sorted(tiny_export.spec.lora_targets))
-    base = OnnxInitializers(tiny_export.onnx_path(layout.UNET_STAGE))
+def refit_setup(refit_unet, tiny_base):
+    folder, _ = refit_unet
+    weight_map = read_weight_map(folder / WEIGHT_MAP_FILE)
+    targets = lora_target_initializers(weight_map, sorted(tiny_base.spec.lora_targets))
+    base = OnnxInitializers(folder / ONNX_FILE)
     return targets, {name: base[name] for name, _ in targets.values()}
 
 
@@ -158,6 +181,8 @@ def test_refitting_only_the_new_sets_weights_leaves_stale_ones(refit_setup, lora
     assert all(not np.array_equal(engine[targets[m][0]], base[targets[m][0]]) for m in stale)
 
 
-def test_refitter_needs_a_unet_without_merged_lora(tiny_xl_export):
+def test_refitter_needs_a_unet_without_merged_lora_and_a_weight_map(tiny_xl_export, tiny_export):
     with pytest.raises(ClifServeError, match="merged.*--merge-lora"):
         UnetRefitter(engine=None, folder=tiny_xl_export)
+    with pytest.raises(ClifServeError, match="weight_map.json is missing.*tensorrt.refit = true"):
+        UnetRefitter(engine=None, folder=tiny_export)

@@ -1,4 +1,4 @@
-"""Fixtures of the serving tests: one tiny export per session, packs, and raw pack bytes."""
+"""Fixtures of the serving tests: packs, and one real tritonserver per session (on the shared tiny export)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,9 @@ import torch
 from clif_serve.serving.client import ClifClient
 from clif_serve.serving.launcher import Ports, TritonServer
 from clif_serve.serving.options import RepoOptions
+from clif_serve.serving.parameters import ModelParameters
 from clif_serve.serving.repository import build_repository
 from tests.helpers import random_lora, random_pack
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory):
-    """The `tiny` model exported with its recipe (unet_lora included) — read-only."""
-    from clif_serve.export.exporter import export_model
-
-    return export_model("tiny", tmp_path_factory.mktemp("serving-export") / "tiny", recipe="tiny")
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +54,7 @@ class Served:
 def served(tiny_export, tmp_path_factory):
     """One real tritonserver for the serving tests, on loopback, serving the tiny export."""
     root = tmp_path_factory.mktemp("served")
-    options = RepoOptions(pipeline_instances=4, max_pack_bytes=MAX_PACK_BYTES, **BATCHING)
+    options = RepoOptions(pipeline_instances=4, models=ModelParameters(max_pack_bytes=MAX_PACK_BYTES), **BATCHING)
     repo = build_repository(tiny_export.root, root / "repo", options)
     server = TritonServer(
         repo, Ports.free_on_loopback(), concept_store=root / "store", log_file=root / "server.log"

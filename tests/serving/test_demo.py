@@ -1,4 +1,4 @@
-"""The README's main job (scripts/demo.sh runs clif_serve.serving.demo) works end to end."""
+"""The README's main job (scripts/demo.sh runs clif_serve.demo) works end to end."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from clif_serve.serving import demo
+from clif_serve import demo
 
 
 def test_demo_serves_hot_loads_and_summarises(tiny_export, tmp_path):
@@ -26,14 +26,16 @@ def test_demo_serves_hot_loads_and_summarises(tiny_export, tmp_path):
     assert figures["export_s"] < 5, "the export in the workdir must be reused, not redone"
 
 
-def test_an_export_of_another_base_is_not_reused(tiny_export, tmp_path):
-    from clif_serve.export.layout import MANIFEST
-    from clif_serve.serving.local import prepare_export
+def test_an_export_of_another_base_or_version_is_not_reused(tiny_export, tiny_base, tmp_path):
+    from clif_serve.contract.folder import MANIFEST
+    from clif_serve.local import reusable_export
 
-    shutil.copytree(tiny_export.root, tmp_path / "export")
-    manifest = json.loads((tmp_path / "export" / MANIFEST).read_text())
-    assert prepare_export("tiny", tmp_path / "export").spec.fingerprint == manifest["model_spec"]["fingerprint"]
-    manifest["model_spec"]["fingerprint"] = "0" * 24
-    (tmp_path / "export" / MANIFEST).write_text(json.dumps(manifest))
-    folder = prepare_export("tiny", tmp_path / "export")
-    assert folder.spec.fingerprint == tiny_export.spec.fingerprint, "a stale export is made again"
+    export = shutil.copytree(tiny_export.root, tmp_path / "export")
+    assert reusable_export(export, tiny_base.spec).root == export
+    manifest = json.loads((export / MANIFEST).read_text())
+    manifest["deployment"]["model_spec"]["fingerprint"] = "0" * 24
+    (export / MANIFEST).write_text(json.dumps(manifest))
+    assert reusable_export(export, tiny_base.spec) is None, "an export of another base is made again"
+    (export / MANIFEST).write_text(json.dumps({**manifest, "format_version": 1}))
+    assert reusable_export(export, tiny_base.spec) is None, "so is one of an older clif-serve"
+    assert reusable_export(tmp_path / "nothing", tiny_base.spec) is None

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 
 import pytest
+from google.protobuf import json_format
 
+from clif_serve.contract.folder import read_folder
 from clif_serve.errors import InputError, ModelFolderError
 from clif_serve.serving.configs import model_config, read_config
 from clif_serve.serving.options import RepoOptions
+from clif_serve.serving.parameters import ModelParameters
 from clif_serve.serving.protocol import CONCEPTS_INPUTS, PIPELINE_INPUTS
 from clif_serve.serving.repository import STAGE_TEMPLATE, build_repository, template_dir
-from clif_serve.serving.signatures import stage_signature
+from clif_serve.serving.signatures import stage_fields
 
 STAGES = ("text_encoder", "unet", "vae_decoder")
 
@@ -21,8 +24,17 @@ def _inputs(config) -> dict:
     return {i.name: (list(i.dims), i.optional) for i in config.input}
 
 
+def _parameters(config) -> ModelParameters:
+    """The typed parameters, decoded the way the models decode them (from the JSON form of the config)."""
+    return ModelParameters.from_config(json_format.MessageToDict(config, preserving_proto_field_name=True)["parameters"])
+
+
 def test_python_repository_is_complete(tiny_export, tmp_path):
     repo = build_repository(tiny_export.root, tmp_path / "repo", RepoOptions(pipeline_instances=3))
+    umask = os.umask(0)
+    os.umask(umask)
+    for folder in (repo, tiny_export.root):  # as mkdir makes them (not mkdtemp's 0700): other users can read
+        assert folder.stat().st_mode & 0o777 == 0o777 & ~umask, folder
     assert sorted(p.name for p in repo.iterdir()) == sorted(
         [*STAGES, "unet_lora", "clif_pipeline", "clif_concepts"]
     )
@@ -46,8 +58,8 @@ def test_python_repository_is_complete(tiny_export, tmp_path):
     pipeline = read_config(repo / "clif_pipeline" / "config.pbtxt")
     assert [i.name for i in pipeline.input] == [f.name for f in PIPELINE_INPUTS]
     assert pipeline.instance_group[0].count == 3 and pipeline.max_batch_size == 0
-    assert pipeline.parameters["lora_stage"].string_value == "unet_lora"
-    assert json.loads(pipeline.parameters["limits"].string_value)["max_size"] == 128
+    assert _parameters(pipeline).lora_adapters
+    assert read_folder(repo / "clif_pipeline" / "1").deployment.limits.max_size == 128
     assert (repo / "clif_pipeline" / "1" / "tokenizer" / "tokenizer.json").is_file()
     concepts = read_config(repo / "clif_concepts" / "config.pbtxt")
     assert [i.name for i in concepts.input] == [f.name for f in CONCEPTS_INPUTS]
@@ -83,7 +95,7 @@ def test_native_backends_get_native_configs(tiny_export, tmp_path, capsys):
         assert (repo / stage / "1" / "model.onnx").is_file() and not (
             repo / stage / "1" / "model.py"
         ).exists()
-    assert read_config(repo / "clif_pipeline" / "config.pbtxt").parameters["lora_stage"].string_value == ""
+    assert not _parameters(read_config(repo / "clif_pipeline" / "config.pbtxt")).lora_adapters
     with pytest.raises(ModelFolderError, match="no TensorRT engine"):
         build_repository(tiny_export.root, tmp_path / "trt", RepoOptions(backend="tensorrt"))
     assert not (tmp_path / "trt").exists()
@@ -98,12 +110,13 @@ def test_native_backends_get_native_configs(tiny_export, tmp_path, capsys):
         assert (repo / stage / "1" / "model.plan").is_file()
 
 
-def test_sdxl_stage_configs(tiny_xl_base, tmp_path):
-    spec = tiny_xl_base.spec
+def test_sdxl_stage_configs(tiny_xl_export):
+    spec = tiny_xl_export.spec
     template = template_dir() / STAGE_TEMPLATE / "python.pbtxt"
-    text_2 = model_config(template, "text_encoder_2", *stage_signature(spec, "text_encoder_2", 32))
-    assert _inputs(text_2)["concept_table"] == ([32, spec.text_encoders[1].hidden_size], False)
-    unet = model_config(template, "unet", *stage_signature(spec, "unet", 32))
+    deployment = tiny_xl_export.deployment
+    text_2 = model_config(template, "text_encoder_2", *stage_fields(deployment, "text_encoder_2"))
+    assert _inputs(text_2)["concept_table"] == ([deployment.served_concept_rows, spec.text_encoders[1].hidden_size], False)
+    unet = model_config(template, "unet", *stage_fields(deployment, "unet"))
     width = sum(encoder.hidden_size for encoder in spec.text_encoders)
     assert _inputs(unet)["encoder_hidden_states"] == ([77, width], False)
     assert _inputs(unet)["text_embeds"] == ([spec.text_encoders[1].pooled_size], False)
@@ -121,3 +134,26 @@ def test_bad_options_and_missing_template(tiny_export, tmp_path, monkeypatch):
     monkeypatch.setenv("CLIF_SERVE_MODEL_REPO_TEMPLATE", str(tmp_path))
     with pytest.raises(ModelFolderError, match="template"):
         build_repository(tiny_export.root, tmp_path / "repo")
+
+
+def test_merged_export_routes_alike_on_every_backend(tiny_xl_export, tmp_path):
+    """A merged export: requests without LoRA run on unet_lora without adapter, on every backend; only
+    the python backend gives unet_lora the lora_id input that routes other sets to adapters."""
+    python = build_repository(tiny_xl_export.root, tmp_path / "python")
+    assert "lora_id" in _inputs(read_config(python / "unet_lora" / "config.pbtxt"))
+    native = build_repository(tiny_xl_export.root, tmp_path / "ort", RepoOptions(backend="onnxruntime"))
+    lora = read_config(native / "unet_lora" / "config.pbtxt")
+    assert lora.backend == "onnxruntime" and "lora_id" not in _inputs(lora)
+    assert _inputs(lora) == _inputs(read_config(native / "unet" / "config.pbtxt"))
+    for model in ("clif_pipeline", "clif_concepts"):
+        assert not _parameters(read_config(native / model / "config.pbtxt")).lora_adapters
+    export = shutil.copytree(tiny_xl_export.root, tmp_path / "export-with-engines")
+    for stage in ("text_encoder", "text_encoder_2", "unet", "unet_lora", "vae_decoder"):
+        (export / stage / "model.plan").write_bytes(b"placeholder, not an engine")
+    trt = build_repository(export, tmp_path / "trt", RepoOptions(backend="tensorrt"))
+    assert read_config(trt / "unet_lora" / "config.pbtxt").platform == "tensorrt_plan"
+    routing = read_folder(trt / "clif_pipeline" / "1").deployment.routing(adapters=False)
+    assert routing.route(None).stage == "unet_lora"
+    assert routing.route(tiny_xl_export.deployment.merged_lora).stage == "unet"
+    with pytest.raises(InputError, match="prompt: LoRA set 0+ cannot run here"):
+        routing.route("0" * 16)

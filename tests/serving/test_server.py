@@ -36,14 +36,14 @@ from clif_serve.serving.launcher import Ports
 from clif_serve.serving.options import RepoOptions
 from clif_serve.serving.protocol import PIPELINE_MODEL
 from clif_serve.serving.repository import build_repository
-from tests.helpers import random_lora, random_pack, raw_pack_bytes
+from tests.helpers import header_bytes, random_lora, random_pack, raw_pack_bytes
 from tests.serving.conftest import Served, with_value
 
 
 @pytest.fixture(scope="module")
-def long_concept(served, tiny_base):
-    """A loaded concept of 33 tokens: more rows than the export's concept table takes."""
-    _ensure(served.client, random_pack(tiny_base, "long", num_tokens=33))
+def long_concepts(served, tiny_base):
+    """Two loaded concepts of 17 tokens: together more rows than the export's concept table (32) takes."""
+    _ensure(served.client, random_pack(tiny_base, "long_a", num_tokens=17), random_pack(tiny_base, "long_b", num_tokens=17))
 
 
 def _ensure(client: ClifClient, *packs) -> None:
@@ -119,7 +119,10 @@ def test_lora_concept_runs_on_unet_lora(served, packs, tiny_export):
     [
         ({"prompt": "a photo of <nobody>"}, "prompt"),
         ({"prompt": "a photo " * 40}, "prompt"),
-        ({"prompt": "a photo of <long>"}, "prompt"),  # 33 concept tokens > the export's 32 table rows
+        ({"prompt": "a photo of <long_a> and <long_b>"}, "prompt"),  # 34 concept tokens > the export's 32 table rows
+        ({"prompt": "a photo " * 2000}, "prompt"),  # over the byte limit: refused before tokenising
+        ({"negative_prompt": "<nobody>", "guidance_scale": 1.0}, "negative_prompt"),  # unused, still checked
+        ({"negative_prompt": "blurry " * 40, "guidance_scale": 0.5}, "negative_prompt"),
         ({"prompt": ""}, "prompt"),
         ({"prompt": "   "}, "prompt"),
         ({"negative_prompt": "<nobody>"}, "negative_prompt"),
@@ -136,7 +139,7 @@ def test_lora_concept_runs_on_unet_lora(served, packs, tiny_export):
     ],
     ids=lambda value: str(value)[:40],
 )
-def test_bad_request_fields_are_refused_naming_the_field(served, long_concept, fields, field):
+def test_bad_request_fields_are_refused_naming_the_field(served, long_concepts, fields, field):
     request = replace(GenerationRequest("a photo", steps=2), **fields)
     with pytest.raises(InputError) as refused:
         served.client.generate(request)
@@ -198,11 +201,21 @@ def _bad_packs(base, xl_base, packs):
         ("not-a-concept-pack", raw_pack_bytes(good, metadata={"format": "something/else"}), "format"),
         ("fingerprint", pack_to_bytes(replace(good, base_fingerprint="0" * 24)), "base_fingerprint"),
         ("other-base-model", pack_to_bytes(random_pack(xl_base, "fresh")), "base_fingerprint"),
-        ("duplicate-name", pack_to_bytes(joe), "name"),
+        ("duplicate-name", pack_to_bytes(replace(joe, class_word="cat")), "name"),  # another joe
         ("duplicate-trigger", pack_to_bytes(replace(good, trigger=joe.trigger)), "trigger"),
         ("path-name", raw_pack_bytes(good, metadata={"name": "../evil"}), "name"),
         ("control-char-name", raw_pack_bytes(good, metadata={"name": "ev\nil"}), "name"),
-        ("oversized", pack_to_bytes(random_pack(base, "huge", num_tokens=1200)), "file"),
+        ("oversized", pack_to_bytes(random_pack(base, "huge", num_tokens=75, seed=1)) + bytes(128 * 1024), "file"),
+        ("more-tokens-than-table-rows", pack_to_bytes(random_pack(base, "wide", num_tokens=33)), "tokens"),
+        (
+            "lora-rank-over-the-recipe-maximum",
+            pack_to_bytes(replace(good, lora=random_lora(base, rank=65, modules=1))),
+            "lora_rank",
+        ),
+        ("lora-alpha-nan", raw_pack_bytes(replace(good, lora=lora), metadata={"lora_alpha": "nan"}), "lora_alpha"),
+        ("header-nested-deeply", header_bytes("[" * 200_000 + "]" * 200_000), "file"),
+        ("tokens-an-int", raw_pack_bytes(good, metadata={"tokens": "7"}), "tokens"),
+        ("class-word-with-a-newline", raw_pack_bytes(good, metadata={"class_word": "dog\nforged"}), "class_word"),
         (
             "lora-unknown-module",
             pack_to_bytes(replace(good, lora=replace(lora, tensors=bad_lora))),
@@ -220,6 +233,7 @@ def test_bad_packs_are_refused_and_change_nothing(served, tiny_base, tiny_xl_bas
     for label, data, field in _bad_packs(tiny_base, tiny_xl_base, packs):
         with pytest.raises(PackError) as refused:
             client.add_concept(data)
+            pytest.fail(f"{label} was accepted")
         assert refused.value.field == field, (label, refused.value)
         assert _store_state(served) == before, label
     assert _max_diff(client.generate(request), reference) == 0  # still serving, same concepts
@@ -396,3 +410,144 @@ def test_four_clients_while_twenty_concepts_come_and_go(served, packs, tiny_base
     assert not any(thread.is_alive() for thread in threads)
     assert failures == [] and len(counts) == 4 and min(counts) >= 1
     assert {concept["name"] for concept in served.client.list_concepts()} >= set(names)
+
+
+def _raw_stage_requests(export) -> list[tuple[str, dict[str, np.ndarray], str]]:
+    """Bad requests sent straight to the stage models: (model, inputs, the tensor the refusal names)."""
+    deployment = export.deployment
+    spec = deployment.spec
+    encoder = spec.text_encoders[0]
+    rows, hidden = deployment.served_concept_rows, encoder.hidden_size
+    latent = spec.default_image_size // spec.vae_scale_factor
+    far = np.full((2, encoder.max_length), 10**6, np.int64)
+    table = np.zeros((2, rows, hidden), np.float32)
+
+    def unet(size=latent, value=0.0):
+        return {
+            "sample": np.full((2, spec.latent_channels, size, size), value, np.float32),
+            "timestep": np.full((2, 1), 500.0, np.float32),
+            "encoder_hidden_states": np.zeros((2, spec.max_length, hidden), np.float32),
+        }
+
+    def lora_id(value: bytes):
+        return unet() | {"lora_id": np.array([[value]] * 2, np.object_)}
+
+    return [
+        ("text_encoder", {"input_ids": far, "concept_table": table}, "input_ids"),
+        ("text_encoder", {"input_ids": -far, "concept_table": table}, "input_ids"),
+        ("text_encoder", {"input_ids": far * 0, "concept_table": table + np.nan}, "concept_table"),
+        ("unet", unet(size=2 * deployment.height.max // spec.vae_scale_factor), "sample"),
+        ("unet", unet(value=np.inf), "sample"),
+        ("unet_lora", lora_id(b"\xff"), "lora_id"),
+        ("unet_lora", lora_id(b"../../../../etc/passwd"), "lora_id"),
+        ("unet_lora", lora_id(b"0123456789abcdef"), "lora_id"),  # well formed, but no such set
+        ("vae_decoder", {"latent_sample": unet(size=2 * deployment.height.max // spec.vae_scale_factor)["sample"]}, "latent_sample"),
+    ]
+
+
+def test_bad_stage_requests_fail_alone(served, packs, tiny_export):
+    """Bad raw requests to every stage model while 8 clients generate: every good request succeeds.
+
+    (Before per-request checks: token id 10^6 failed 16 of 32 batch-mates, lora_id b"\\xff" 32 of 32.)
+    """
+    _ensure(served.client, packs["joe"], packs["ann_lora"])
+    prompts = ["a photo of <joe>", "<ann_lora> in a garden"]
+    stop, failures, good, refusals = threading.Event(), [], [], []
+
+    def client_loop(index: int) -> None:
+        with ClifClient(served.server.grpc_url) as client:
+            for number in range(3):
+                try:
+                    client.generate(GenerationRequest(prompts[index % 2], steps=3, seed=number))
+                    good.append(index)
+                except Exception as exc:  # counted: none may fail
+                    failures.append(repr(exc))
+
+    def attacker() -> None:
+        with grpcclient.InferenceServerClient(served.server.grpc_url) as raw:
+            while not stop.is_set():
+                for model, inputs, tensor in _raw_stage_requests(tiny_export):
+                    try:
+                        raw.infer(model, [_raw_input(name, value) for name, value in inputs.items()])
+                        refusals.append((model, tensor, "accepted"))
+                    except InferenceServerException as exc:
+                        refusals.append((model, tensor, exc.status(), exc.message()))
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(8)]
+    bad = threading.Thread(target=attacker)
+    bad.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    stop.set()
+    bad.join(timeout=60)
+    print(f"\n{len(good)} good requests, {len(failures)} failed, {len(refusals)} bad stage requests refused")
+    assert failures == [] and len(good) == 24
+    assert len(refusals) >= len(_raw_stage_requests(tiny_export))
+    for model, tensor, status, *message in refusals:
+        assert status == "StatusCode.INVALID_ARGUMENT", (model, tensor, status, message)
+        assert message[0].split("] ", 1)[-1].startswith(f"{tensor}:"), (model, message)
+
+
+def test_in_flight_lora_requests_survive_removal_and_replacement(served, packs, tiny_base, tiny_export):
+    """Each cycle hot-loads a pack with a fresh LoRA set, starts LoRA requests, and removes or replaces the
+    pack while they run: no request fails (except by naming an absent concept before it started), and
+    every image is the image of one set (the one its request started with), never a mix."""
+    base = packs["ann_lora"]
+    loras = [random_lora(tiny_base, seed=40 + i) for i in range(4)]
+    versions = [replace(base, lora=lora) for lora in loras]
+    request = GenerationRequest("<ann_lora> in a garden", steps=4, seed=3)
+    expected = {pack.lora.set_id: _ort_images(tiny_export, [pack], request) for pack in versions}
+    results, failures = [], []
+
+    def one_request() -> None:
+        with ClifClient(served.server.grpc_url) as client:
+            try:
+                results.append(client.generate(request))
+            except InputError as exc:
+                if not (exc.field == "prompt" and "unknown concept <ann_lora>" in exc.message):
+                    failures.append(repr(exc))
+            except Exception as exc:
+                failures.append(repr(exc))
+
+    for cycle, pack in enumerate(versions):
+        served.client.add_concept(pack, replace=True)
+        threads = [threading.Thread(target=one_request) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.05 * cycle)
+        if cycle % 2:
+            served.client.remove_concept("ann_lora")
+        elif cycle + 1 < len(versions):
+            served.client.add_concept(versions[cycle + 1], replace=True)
+        for thread in threads:
+            thread.join(timeout=120)
+    print(f"\n{len(results)} LoRA requests finished across removals/replacements; {len(failures)} failed")
+    assert failures == [] and results
+    for image in results:
+        # Batched numerics may differ by one level from a lone in-process run; other sets differ by far more.
+        matches = [set_id for set_id, reference in expected.items() if _max_diff(image, reference) <= 1]
+        assert len(matches) == 1, "an in-flight request's LoRA changed under it"
+
+
+def test_hot_load_retry_and_skipped_packs_over_grpc(served, packs):
+    client, kim = served.client, packs["kim"]
+    first = client.add_concept(kim, replace=True)
+    again = client.add_concept(kim)  # a retry after an ambiguous failure: accepted, nothing changes
+    assert again["changed"] is False and again["version"] == first["version"]
+    (served.store / "zz_broken.safetensors").write_bytes(pack_to_bytes(kim)[:-9])
+    listing = client.store_listing()
+    (skipped,) = [entry for entry in listing["skipped"] if entry["name"] == "zz_broken"]
+    assert "truncated" in skipped["reason"]
+    client.remove_concept("zz_broken")
+    assert not (served.store / "zz_broken.safetensors").exists()
+    assert all(entry["name"] != "zz_broken" for entry in client.store_listing()["skipped"])
+    client.remove_concept("kim")
+
+
+def test_a_literal_word_in_angle_brackets_is_written_with_a_backslash(served, tiny_export):
+    request = GenerationRequest("a sign that reads \\<nobody>", steps=2, seed=1)
+    with pytest.raises(InputError, match=r"write \\<nobody> for the text"):
+        served.client.generate(replace(request, prompt="a sign that reads <nobody>"))
+    assert _max_diff(served.client.generate(request), _ort_images(tiny_export, [], request)) == 0

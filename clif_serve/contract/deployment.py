@@ -1,0 +1,117 @@
+"""`Deployment`: the one value that says what an export folder is.
+
+The exporter builds it from the base model and the recipe and writes it into the export's
+manifest (`"deployment"`); the ONNX Runtime executor, the Triton repository writer, the Triton
+models, the concept store sync and the TensorRT builder read it back. It holds the base model's
+`ModelSpec`, the stages, the ranges every stage accepts, the LoRA set merged into `unet`, and
+derives from them the stage signatures, the served concept-table rows, the request limits and
+the LoRA routing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from clif_serve.contract.ranges import Range
+from clif_serve.contract.requests import RequestLimits, size_multiple
+from clif_serve.contract.routing import LoraRouting
+from clif_serve.contract.stages import UNET_LORA, Axis, Dim, StageSignature, TensorSpec, stage_signature
+from clif_serve.models.spec import ModelSpec
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What an export serves: base model, stages, accepted ranges and the merged LoRA set."""
+
+    spec: ModelSpec
+    stages: tuple[str, ...]
+    batch: Range  # samples per stage call (classifier-free guidance: two per image)
+    height: Range  # image pixels, multiples of spec.image_multiple
+    width: Range
+    concept_rows: Range  # rows of the concept table the text-encoder graphs accept
+    lora_rank: Range  # ranks of the LoRA inputs of unet_lora
+    merged_lora: str | None = None  # the LoRA set folded into unet's weights
+
+    @property
+    def has_unet_lora(self) -> bool:
+        return UNET_LORA in self.stages
+
+    @property
+    def served_concept_rows(self) -> int:
+        """Rows of every concept table a server sends: the largest K, at most the tokens a prompt holds.
+
+        A fixed row count makes every text-encoder request the same shape, so a dynamic batcher
+        merges requests naming different concepts on every backend without ragged batching; rows
+        a sample does not use stay zero and are never indexed.
+        """
+        return min(self.concept_rows.max, self.spec.max_length - 2)
+
+    @property
+    def limits(self) -> RequestLimits:
+        """Request limits: image sizes valid on both axes, images that fit one UNet batch."""
+        return RequestLimits(
+            min_size=max(self.height.min, self.width.min),
+            max_size=min(self.height.max, self.width.max),
+            size_multiple=size_multiple(self.spec.image_multiple),
+            max_images=max(1, self.batch.max // 2),
+        )
+
+    def signature(self, stage: str) -> StageSignature:
+        """Inputs and outputs of one of this deployment's stages."""
+        if stage not in self.stages:
+            raise KeyError(f"{stage!r} is not a stage of this deployment ({', '.join(self.stages)})")
+        return stage_signature(self.spec, stage)
+
+    def routing(self, adapters: bool) -> LoraRouting:
+        """The LoRA routing on a backend that can (`adapters`) or cannot run onnxruntime adapters."""
+        return LoraRouting(self.merged_lora, self.has_unet_lora, adapters)
+
+    def axis_ranges(self) -> dict[str, Range]:
+        """The range of every symbolic axis."""
+        return {
+            "batch": self.batch,
+            "height": self.height,
+            "width": self.width,
+            "concept_rows": self.concept_rows,
+            "lora_rank": self.lora_rank,
+        }
+
+    def shape_ranges(
+        self, tensor: TensorSpec, overrides: Mapping[str, Range] | None = None
+    ) -> tuple[Shape, Shape, Shape]:
+        """(min, opt, max) shapes of a tensor; `overrides` narrows axes (a TensorRT profile's batch/size)."""
+        ranges = self.axis_ranges() | dict(overrides or {})
+
+        def values(dim: Dim) -> tuple[int, int, int]:
+            if isinstance(dim, Axis):
+                return tuple(ranges[dim.name].scaled(dim.divisor).as_list())
+            return dim, dim, dim
+
+        per_dim = [values(dim) for dim in tensor.dims]
+        return tuple(tuple(v[i] for v in per_dim) for i in range(3))  # type: ignore[return-value]
+
+    def to_dict(self) -> dict:
+        """JSON form, as written into the export manifest."""
+        return {
+            "model_spec": self.spec.to_dict(),
+            "stages": list(self.stages),
+            **{name: value.as_list() for name, value in self.axis_ranges().items()},
+            "merged_lora": self.merged_lora,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Deployment:
+        """Inverse of `to_dict`."""
+        return cls(
+            spec=ModelSpec.from_dict(data["model_spec"]),
+            stages=tuple(data["stages"]),
+            batch=Range.of(data["batch"]),
+            height=Range.of(data["height"]),
+            width=Range.of(data["width"]),
+            concept_rows=Range.of(data["concept_rows"]),
+            lora_rank=Range.of(data["lora_rank"]),
+            merged_lora=data.get("merged_lora"),
+        )

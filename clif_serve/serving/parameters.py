@@ -1,0 +1,101 @@
+"""The parameters of the Python-backend models, as one typed value.
+
+`clif-serve repo` writes a `ModelParameters` into the `parameters` of every Python-backend model's
+config (`to_config`); each model decodes it once at initialisation (`from_config`). Triton
+parameters are strings: the types live here and nowhere else, and so do the defaults (the
+template configs carry none). What a deployment *is* (stages, routing, concept rows, limits) is
+not a parameter: every model reads it from the export manifest copied next to its `model.py`.
+
+For raw clients, `clif_pipeline`'s config also *publishes* what a request gets unasked and may
+ask for (`request_parameters`): `default.<input>` for every optional input with a default, and
+`limit.<name>` for every request limit of the deployment. They are derived from
+`GenerationRequest` and `Deployment.limits`, written for readers of the config
+(`GET /v2/models/clif_pipeline/config`), and never read back: the models use the deployment itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, get_type_hints
+
+from clif_serve.concepts.limits import DEFAULT_MAX_CONCEPTS, DEFAULT_MAX_PACK_BYTES
+from clif_serve.contract.folder import ONNX_FILE
+from clif_serve.errors import ModelFolderError
+
+if TYPE_CHECKING:
+    from clif_serve.contract.deployment import Deployment
+
+DEFAULT_PREFIX = "default."
+LIMIT_PREFIX = "limit."
+PUBLISHED_PREFIXES = (DEFAULT_PREFIX, LIMIT_PREFIX)
+
+
+@dataclass(frozen=True)
+class ModelParameters:
+    """Settings of the Python-backend models; each model uses the fields that concern it."""
+
+    # Stage models: the ONNX file in the version folder and onnxruntime's intra-op threads (0: default).
+    model_file: str = ONNX_FILE
+    intra_op_threads: int = 0
+    # Concept store folder (absolute, or relative to the repository root; "" = the base model's default).
+    concept_store: str = ""
+    # Whether unet_lora takes LoRA adapters (python backend); False serves it only as the base UNet
+    # of a merged export, and packs of other LoRA sets are refused.
+    lora_adapters: bool = True
+    # LoRA adapters a unet_lora instance keeps built (least recently used dropped first).
+    adapter_capacity: int = 16
+    # Largest concept pack `clif_concepts` accepts (and every model reads from the store), in bytes.
+    max_pack_bytes: int = DEFAULT_MAX_PACK_BYTES
+    # Concepts the store may hold (hot-loads beyond it are refused naming `store`).
+    max_concepts: int = DEFAULT_MAX_CONCEPTS
+
+    def to_config(self) -> dict[str, str]:
+        """As Triton config parameters (strings)."""
+        return {key: _text(value) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_config(cls, parameters: dict) -> ModelParameters:
+        """From a model config's `parameters` (JSON form: `{key: {"string_value": ...}}`); unknown keys are
+        errors, absent keys keep their defaults, published request facts (`default.*`, `limit.*`) are skipped."""
+        hints = get_type_hints(cls)
+        known = {field.name for field in fields(cls)}
+        parameters = {key: value for key, value in parameters.items() if not key.startswith(PUBLISHED_PREFIXES)}
+        unknown = sorted(set(parameters) - known)
+        if unknown:
+            raise ModelFolderError(f"unknown model parameters {unknown}; this clif-serve knows {sorted(known)}")
+        values = {}
+        for key, entry in parameters.items():
+            text = entry.get("string_value", "") if isinstance(entry, dict) else str(entry)
+            values[key] = _parse(key, text, hints[key])
+        return cls(**values)
+
+
+def request_parameters(deployment: Deployment) -> dict[str, str]:
+    """The request defaults and limits `clif_pipeline` publishes in its config (written, never read back)."""
+    # Imported here: this module is read by every model's process and by the CLI at start.
+    from clif_serve.runtime.request import GenerationRequest
+    from clif_serve.serving.protocol import PIPELINE_INPUTS
+
+    filled = GenerationRequest(prompt="-").validated(deployment.spec)  # the defaults, sizes resolved
+    defaults = {field.name: getattr(filled, field.name) for field in PIPELINE_INPUTS if field.optional}
+    # One-value defaults only: an absent negative prompt (None) or an empty list has no value to publish.
+    published = {
+        DEFAULT_PREFIX + name: _text(value) for name, value in defaults.items() if isinstance(value, (int, float, str))
+    }
+    published.update({LIMIT_PREFIX + key: _text(value) for key, value in asdict(deployment.limits).items()})
+    return published
+
+
+def _text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _parse(key: str, text: str, kind) -> object:
+    try:
+        if kind is bool:
+            if text not in ("true", "false"):
+                raise ValueError(text)
+            return text == "true"
+        return kind(text)
+    except ValueError as exc:
+        raise ModelFolderError(f"model parameter {key}: {text!r} is not a {kind.__name__}") from exc

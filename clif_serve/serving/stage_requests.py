@@ -1,0 +1,126 @@
+"""Per-request checks of a stage model, run before a request joins an onnxruntime batch.
+
+A stage model runs all compatible requests of a dynamic batch as one onnxruntime call, so one bad
+request would fail its batch-mates. Every request is therefore checked alone against the
+deployment contract first, and a request that fails gets its own error while the others run:
+
+* each tensor of the stage signature is present, of its dtype and rank, with the same batch size
+  (within the deployment's batch range) as the request's other tensors;
+* fixed dims match; concept-table rows equal the served rows; image axes (latents: pixels divided
+  by the VAE factor) lie within the deployment's height/width range and are multiples of its
+  request size multiple;
+* float tensors are finite; token ids lie in `[0, vocab + served concept rows)` (ids at or above
+  the vocabulary index the concept table);
+* `lora_id` (unet_lora with adapters) is one LoRA set id, the same for every sample, or empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from clif_serve.contract.deployment import Deployment
+from clif_serve.contract.stages import BATCH, CONCEPT_ROWS, Axis, TensorSpec
+from clif_serve.errors import InputError
+from clif_serve.lora.weights import validate_set_id
+
+
+@dataclass(frozen=True)
+class _Dim:
+    """What one per-sample dimension of a stage tensor may be."""
+
+    low: int
+    high: int
+    step: int = 1  # values must be multiples of it
+
+    def check(self, field: str, axis: int, value: int) -> None:
+        if not self.low <= value <= self.high or value % self.step:
+            allowed = f"{self.low}" if self.low == self.high else f"in [{self.low}, {self.high}]"
+            multiple = f", a multiple of {self.step}" if self.step > 1 else ""
+            raise InputError(field, f"dimension {axis} must be {allowed}{multiple}, got {value}")
+
+
+class StageRequestCheck:
+    """Checks one request's tensors for a stage of a deployment (see the module docstring)."""
+
+    def __init__(self, deployment: Deployment, stage: str, lora_id: str | None = None):
+        self.stage = stage
+        self.tensors = deployment.signature(stage).inputs
+        self.batch = deployment.batch
+        self.lora_id = lora_id
+        ranges = deployment.axis_ranges()
+        multiple = deployment.limits.size_multiple
+        self._dims = {tensor.name: [_dim(d, deployment, ranges, multiple) for d in tensor.dims[1:]] for tensor in self.tensors}
+        encoder = next((e for e in deployment.spec.text_encoders if e.name == stage), None)
+        # Token ids index the vocabulary, then the served concept table.
+        self._id_limit = None if encoder is None else encoder.vocab_size + deployment.served_concept_rows
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str | None]:
+        """The request's stage feed and its LoRA set id (None: no adapter); InputError naming the tensor."""
+        feed = {}
+        batch = None
+        for tensor in self.tensors:
+            array = inputs.get(tensor.name)
+            if array is None:
+                raise InputError(tensor.name, "is required")
+            self._check_array(tensor, array)
+            if batch is None:
+                batch = array.shape[0]
+                if batch not in self.batch:
+                    raise InputError(tensor.name, f"batch of {batch} samples is outside [{self.batch.min}, {self.batch.max}]")
+            elif array.shape[0] != batch:
+                raise InputError(tensor.name, f"has {array.shape[0]} samples, the request's other inputs {batch}")
+            feed[tensor.name] = array
+        return feed, self._adapter(inputs.get(self.lora_id) if self.lora_id else None, batch)
+
+    def _check_array(self, tensor: TensorSpec, array: np.ndarray) -> None:
+        name = tensor.name
+        if array.dtype != np.dtype(tensor.dtype):
+            raise InputError(name, f"must be {tensor.dtype}, got {array.dtype}")
+        dims = self._dims[name]
+        if array.ndim != len(dims) + 1:
+            raise InputError(name, f"must have {len(dims) + 1} dimensions (batch first), got shape {list(array.shape)}")
+        for axis, (dim, value) in enumerate(zip(dims, array.shape[1:], strict=True), start=1):
+            dim.check(name, axis, value)
+        if array.dtype.kind == "f":
+            if not np.isfinite(array).all():
+                raise InputError(name, "contains NaN or Inf values")
+        elif self._id_limit is not None and array.size and (array.min() < 0 or array.max() >= self._id_limit):
+            raise InputError(
+                name,
+                f"token ids must be in [0, {self._id_limit}) (vocabulary, then the concept table's rows), "
+                f"got {int(array.min())}..{int(array.max())}",
+            )
+
+    def _adapter(self, values: np.ndarray | None, batch: int | None) -> str | None:
+        if values is None:
+            return None
+        name = self.lora_id
+        flat = values.reshape(-1)
+        if batch is not None and flat.size != batch:
+            raise InputError(name, f"must hold one value per sample ({batch}), got {flat.size}")
+        ids = {bytes(value) if isinstance(value, (bytes, np.bytes_)) else None for value in flat}
+        if None in ids or len(ids) != 1:
+            raise InputError(name, "must be one LoRA set id (bytes), the same for every sample of the request")
+        (raw,) = ids
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise InputError(name, f"{raw[:40]!r} is not a LoRA set id (16 lowercase hex digits)") from None
+        return validate_set_id(text, name) if text else None
+
+
+def _dim(dim, deployment: Deployment, ranges, multiple: int) -> _Dim:
+    """The allowed values of one per-sample dimension of the contract (past the batch axis)."""
+    if not isinstance(dim, Axis):
+        return _Dim(dim, dim)
+    if dim == CONCEPT_ROWS:
+        rows = deployment.served_concept_rows
+        return _Dim(rows, rows)
+    if dim == BATCH:
+        raise ValueError("the batch axis comes first only")
+    scaled = ranges[dim.name].scaled(dim.divisor)
+    step = multiple // dim.divisor if dim.name in ("height", "width") and multiple % dim.divisor == 0 else 1
+    return _Dim(scaled.min, scaled.max, max(1, step))
