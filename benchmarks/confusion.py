@@ -16,6 +16,7 @@ of held-out part regions in the world CLIP's space (the former benchmark, more r
 
     .venv/bin/python benchmarks/confusion.py                 # results/confusion.{json,md} + sample grids
     .venv/bin/python benchmarks/confusion.py --rows ablation # the give-back ablation (confusion_ablation.*)
+    .venv/bin/python benchmarks/confusion.py --rows core     # only the TI and CLIF runs' six rows (confusion_core.*)
     .venv/bin/python benchmarks/confusion.py --quick --out /tmp/x   # smoke run on a tiny world (tests)
 """
 
@@ -88,7 +89,7 @@ RUNS = {
     "clif+customcontrast": Run(("clif", "ti", "lora"), "clif+customcontrast"),
     "clif, contrastive kept": Run(("clif", "ti", "lora"), changes={"contrastive_weight": 1.0}),
     "clif, trust region": Run(("clif", "ti", "lora"), changes={"anchor_weight": 1.0}),
-    "clif, reference rates": Run(("clif", "ti", "lora"), changes={"lr": {"clif": 1e-3, "ti": 2e-4, "lora": 2e-4}}),
+    "clif, lower rates": Run(("clif", "ti", "lora"), changes={"lr": {"clif": 1e-3, "ti": 2e-4, "lora": 2e-4}}),
 }
 ROW_SETS = {
     "main": [
@@ -112,10 +113,12 @@ ROW_SETS = {
         Row("CLIF + TI + joint LoRA, contrastive kept (w=1)", "clif, contrastive kept", "lora"),
         Row("CLIF + TI, trust region (λ=1)", "clif, trust region", "ti"),
         Row("CLIF + TI + joint LoRA, trust region (λ=1)", "clif, trust region", "lora"),
-        Row("CLIF + TI, reference rates (ti, lora 2e-4)", "clif, reference rates", "ti"),
-        Row("CLIF + TI + joint LoRA, reference rates (ti, lora 2e-4)", "clif, reference rates", "lora"),
+        Row("CLIF + TI, lower rates (ti, lora 2e-4)", "clif, lower rates", "ti"),
+        Row("CLIF + TI + joint LoRA, lower rates (ti, lora 2e-4)", "clif, lower rates", "lora"),
     ],
 }
+# The rows of the two training runs every comparison needs (TI, CLIF): the goal's rows and the give-back.
+ROW_SETS["core"] = ROW_SETS["main"][:6]
 ROW_SETS["quick"] = [ROW_SETS["main"][i] for i in (0, 1, 2, 3, 5)]  # the smoke run: two training runs per seed
 DEFAULT_ROW = "CLIF + TI + joint LoRA (default pipeline)"
 BASELINE_ROW = "TI + joint LoRA"
@@ -253,7 +256,8 @@ def markdown(report: dict) -> str:
     """The results as markdown."""
     settings, seeds = report["settings"], report["seeds"]
     lines = [
-        f"# Confusion on generated images (synthetic world, {len(seeds)} seeds, {settings['images']} images per row and seed)",
+        f"# Confusion on generated images (synthetic world, {len(seeds)} of {report['seeds_planned']} planned seeds, "
+        f"{settings['images']} images per row and seed)",
         "",
         "Prompts \"a photo of <ann> and <bob>\" and \"a photo of <bob> and <ann>\" (half the images each, the same",
         "noise seeds for every row). Confusion = leakage (share of matched objects showing the other concept's",
@@ -283,9 +287,16 @@ def markdown(report: dict) -> str:
         lines += ["", f"Goal (default pipeline <= 50 % of TI + joint LoRA, intervals apart): ratio {g['ratio']['ratio']:.2f} "
                   f"[{g['ratio']['low']:.2f}, {g['ratio']['high']:.2f}] (paired bootstrap), intervals apart: "
                   f"{'yes' if g['intervals_separate'] else 'no'} -> {'met' if g['met'] else 'not met'}."]
-    world = report["world"]
+    lines += world_markdown(report["world"])
+    lines += ["", f"Settings: {json.dumps(settings)}", f"Run time: {report['seconds']:.0f} s; "
+              f"environment: {report['environment']['cpu']}, {report['environment']['cpu_count']} cores.", ""]
+    return "\n".join(lines)
+
+
+def world_markdown(world: dict) -> list[str]:
+    """The world section: judge accuracy on held-out renders, VAE and drawing fidelity, build times."""
     judge = world["components"]["judge"]["held_out"]
-    lines += [
+    lines = [
         "", "## World", "",
         f"Judge on {judge['scenes']} held-out renders: recall {judge['recall']:.3f}, precision {judge['precision']:.3f}, "
         f"lowest attribute accuracy {judge['min_accuracy']:.3f} ({json.dumps({k: round(v, 3) for k, v in judge['accuracy'].items()})}).",
@@ -298,10 +309,9 @@ def markdown(report: dict) -> str:
                      f"{json.dumps({k: round(v, 2) for k, v in fidelity['attribute_accuracy'].items()})}, "
                      f"object count right {fidelity['count_accuracy']:.2f}.")
     seconds = {k: v["seconds"] for k, v in world["components"].items()}
-    lines += [f"World build seconds (cached, not part of this run unless built now): {json.dumps(seconds)}.",
-              "", f"Settings: {json.dumps(settings)}", f"Run time: {report['seconds']:.0f} s; "
-              f"environment: {report['environment']['cpu']}, {report['environment']['cpu_count']} cores.", ""]
-    return "\n".join(lines)
+    lines.append(f"World build seconds (cached, not part of this run unless built now): {json.dumps(seconds)}; "
+                 f"recipe {json.dumps(world['recipe'])}.")
+    return lines
 
 
 def world_section(world: World, args) -> dict:
@@ -328,6 +338,22 @@ def world_grid(world: World, args, path: Path) -> Path:
     return sample_grid(rows, path, "The world model: prompt -> six samples (64x64, shown 2x)")
 
 
+def world_only(world: World, args, started: float) -> dict:
+    """Write the world's report (confusion_world.{json,md}) and its sample grid; no concepts are trained."""
+    report = {"world": world_section(world, args), "settings": {k: v for k, v in vars(args).items() if k not in ("out", "world_root")},
+              "environment": describe_environment({"shared_machine": True})}
+    args.out.mkdir(parents=True, exist_ok=True)
+    world_grid(world, args, args.out / "confusion_world_samples.png")
+    report["seconds"] = time.perf_counter() - started
+    (args.out / "confusion_world.json").write_text(json.dumps(report, indent=2))
+    text = "\n".join(["# The confusion benchmark's world", *world_markdown(report["world"]), "",
+                      f"Run time: {report['seconds']:.0f} s; environment: {report['environment']['cpu']}, "
+                      f"{report['environment']['cpu_count']} cores (shared machine).", ""])
+    (args.out / "confusion_world.md").write_text(text)
+    print(text)
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=None, choices=sorted(ROW_SETS), help="row set (default: main; quick with --quick)")
@@ -342,8 +368,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
     parser.add_argument("--fidelity-prompts", type=int, default=64, help="plain prompts for the world's drawing fidelity")
     parser.add_argument("--fidelity-renders", type=int, default=300, help="held-out renders for the VAE fidelity")
+    parser.add_argument("--world-only", action="store_true",
+                        help="only the world: judge accuracy, VAE and drawing fidelity, sample grid (confusion_world.*)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny world, 2 seeds, 4 images, 2 steps")
     parser.add_argument("--world-root", type=Path, default=None, help="world cache folder (default: cache_dir()/worlds)")
+    parser.add_argument("--world-unet-stop", type=int, default=None,
+                        help="use a world whose UNet stopped at this step of its schedule (a world cut short)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=None, help=f"folder for the results (default: {RESULTS})")
     args = parser.parse_args(argv)
@@ -353,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.rows = args.rows or ("quick" if args.quick else "main")
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = WorldRecipe()
+    recipe = WorldRecipe(unet_stop=args.world_unet_stop)
     if args.quick:
         recipe = QUICK_RECIPE
         for name, value in dict(seeds=2, images=4, clif_steps=2, ti_steps=2, lora_steps=2, held_out=2,
@@ -361,29 +391,40 @@ def main(argv: list[str] | None = None) -> dict:
             setattr(args, name, value)
     started = time.perf_counter()
     world = build_world(recipe, args.world_root)
+    if args.world_only:
+        return world_only(world, args, started)
     rows = ROW_SETS[args.rows]
     stem = "confusion" if args.rows in ("main", "quick") else f"confusion_{args.rows}"
     samples: dict = {}
-    with tempfile.TemporaryDirectory(prefix="clif-confusion-") as tmp:
-        per_seed = {seed: run_seed(seed, world, rows, args, Path(tmp) / f"seed{seed}", samples) for seed in range(args.seeds)}
     world_report = world_section(world, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.rows in ("main", "core", "quick"):
+        world_grid(world, args, args.out / "confusion_world_samples.png")
+    per_seed: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="clif-confusion-") as tmp:
+        for seed in range(args.seeds):  # the results are rewritten after every seed: a cut run keeps what it did
+            per_seed[seed] = run_seed(seed, world, rows, args, Path(tmp) / f"seed{seed}", samples)
+            report = write_report(args, stem, rows, per_seed, world_report, samples, started)
+    print(markdown(report))
+    return report
+
+
+def write_report(args, stem: str, rows: list[Row], per_seed: dict[int, dict], world_report: dict, samples: dict,
+                 started: float) -> dict:
+    """Summarise the seeds done so far and write `<stem>.json`, `<stem>.md` and the seed-0 sample grid."""
     summary = summarise(per_seed, rows)
     report = {
-        "rows_set": args.rows, "seeds": list(range(args.seeds)),
+        "rows_set": args.rows, "seeds": list(per_seed), "seeds_planned": args.seeds,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "world_root")},
         "summary": summary, "goal": goal(per_seed, summary), "world": world_report, "per_seed": per_seed,
         "environment": describe_environment({"shared_machine": True}), "seconds": time.perf_counter() - started,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     (args.out / f"{stem}.md").write_text(markdown(report))
     grid_rows = [(label, image[None]) for label, image in samples.get("concepts", [])]
     for name, first, second in samples.get("rows", []):
         grid_rows.append((f"{name}: <ann> and <bob> | <bob> and <ann>", np.concatenate([first, second])))
     sample_grid(grid_rows, args.out / f"{stem}_samples.png", "Seed 0, the same noise for every row")
-    if args.rows in ("main", "quick"):
-        world_grid(world, args, args.out / "confusion_world_samples.png")
-    print(markdown(report))
     return report
 
 

@@ -76,7 +76,8 @@ class WorldRecipe:
     clip_images: int = 8_000
     vae_steps: int = 1_500
     clip_steps: int = 1_000
-    unet_steps: int = 2_000
+    unet_steps: int = 2_000  # the length of the UNet's learning-rate schedule
+    unet_stop: int | None = None  # stop the UNet at this step instead (a world cut short; the schedule is kept)
     judge_steps: int = 1_000
     unet_batch: int = 64
     unet_lr: float = 1e-3
@@ -93,7 +94,7 @@ QUICK_RECIPE = WorldRecipe(images=64, clip_images=64, vae_steps=2, clip_steps=2,
 COMPONENT_FIELDS = {
     "vae": ("seed", "images", "vae_steps"),
     "clip": ("seed", "clip_images", "clip_steps"),
-    "base": ("seed", "images", "vae_steps", "clip_images", "clip_steps", "unet_steps", "unet_batch", "unet_lr"),
+    "base": ("seed", "images", "vae_steps", "clip_images", "clip_steps", "unet_steps", "unet_batch", "unet_lr", "unet_stop"),
     "judge": ("seed", "judge_steps", "judge_held_out"),
 }
 
@@ -107,6 +108,7 @@ class World:
 
     def key(self, component: str) -> str:
         fields = {name: getattr(self.recipe, name) for name in COMPONENT_FIELDS[component]}
+        fields = {name: value for name, value in fields.items() if value is not None}  # unset options keep old keys
         text = json.dumps({"version": self.recipe.version, "component": component, **fields}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -308,17 +310,23 @@ class UnetTraining:
         os.replace(tmp, self.state_file)
         os.replace(self.state_file.with_suffix(".json.tmp"), self.state_file.with_suffix(".json"))
 
+    @property
+    def last_step(self) -> int:
+        """Where training ends: `recipe.unet_stop` when set, else the end of the schedule."""
+        return self.recipe.unet_stop if self.recipe.unet_stop is not None else self.recipe.unet_steps
+
     def run(self, latents: tuple[torch.Tensor, torch.Tensor], captions: list[str]) -> UNet2DConditionModel:
-        """Train to `recipe.unet_steps`; return the EMA UNet (eval mode, gradients off)."""
+        """Train to `last_step`; return the EMA UNet (eval mode, gradients off)."""
         base, recipe = self.base, self.recipe
+        last = self.last_step
         spec = base.spec.text_encoders[0]
         encoder = ConceptTextEncoder(base.text_encoders[0], spec)
         scheduler = DDPMScheduler.from_config(base.spec.scheduler_config)
         snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
         mean, std = latents
         scale = base.spec.vae_scaling_factor
-        with tqdm(total=recipe.unet_steps, initial=self.step, desc="world unet", unit="step") as bar:
-            while self.step < recipe.unet_steps:
+        with tqdm(total=last, initial=self.step, desc="world unet", unit="step") as bar:
+            while self.step < last:
                 generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + self.step)
                 index = torch.randint(len(captions), (recipe.unet_batch,), generator=generator)
                 texts = ["" if drop else captions[int(i)] for i, drop in zip(index, torch.rand(len(index), generator=generator) < 0.1, strict=True)]
@@ -343,7 +351,7 @@ class UnetTraining:
                         average.lerp_(current, 1 - decay)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 bar.update(1)
-                if self.step % self.every == 0 or self.step == recipe.unet_steps:
+                if self.step % self.every == 0 or self.step == last:
                     self._save()
         return self.ema.eval()
 
@@ -373,14 +381,17 @@ def build_world(recipe: WorldRecipe = WorldRecipe(), root: Path | None = None) -
         return world
     world.root.mkdir(parents=True, exist_ok=True)
     tokenizer = build_clip_tokenizer()
-    images = captions = None
-    if not (world.folder("vae") / BUILD_FILE).is_file() or not (world.base_dir / BUILD_FILE).is_file():
-        scenes, captions = _scenes(recipe.images, recipe.seed)
-        images = _images(scenes)
-        del scenes
+    pool: list = []  # the training scenes as (images, captions), rendered when first needed
+
+    def scene_pool() -> tuple[np.ndarray, list[str]]:
+        if not pool:
+            scenes, captions = _scenes(recipe.images, recipe.seed)
+            pool.extend((_images(scenes), captions))
+        return pool[0], pool[1]
+
     if not (world.folder("vae") / BUILD_FILE).is_file():
         started, staging = time.perf_counter(), world.staging("vae")
-        train_vae(images, recipe.vae_steps, recipe.seed).save_pretrained(staging)
+        train_vae(scene_pool()[0], recipe.vae_steps, recipe.seed).save_pretrained(staging)
         _finish(staging, world.folder("vae"), started)
     vae = AutoencoderKL.from_pretrained(world.folder("vae")).eval().requires_grad_(False)
     if not (world.clip_dir / BUILD_FILE).is_file():
@@ -397,10 +408,15 @@ def build_world(recipe: WorldRecipe = WorldRecipe(), root: Path | None = None) -
             write_base_folder(staging, tokenizer, text_encoder, vae, build_unet())
         base = load_base_model(staging)
         state = world.root / f"progress-{world.key('base')}" / "unet.safetensors"
-        unet = UnetTraining(base, recipe, state).run(encode_latents(vae, images), captions)
+        training = UnetTraining(base, recipe, state)
+        if training.step < training.last_step:
+            images, captions = scene_pool()
+            unet = training.run(encode_latents(vae, images), captions)
+        else:  # resumed at its last step (a world cut short at a saved checkpoint)
+            unet = training.ema.eval()
         shutil.rmtree(staging / "unet")
         unet.save_pretrained(staging / "unet")
-        _finish(staging, world.base_dir, started)
+        _finish(staging, world.base_dir, started, unet_steps_done=training.step)  # seconds: this build's share only
         shutil.rmtree(state.parent, ignore_errors=True)
     if not (world.judge_dir / BUILD_FILE).is_file():
         started, staging = time.perf_counter(), world.staging("judge")

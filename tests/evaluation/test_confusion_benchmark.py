@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "confusion.py"
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def confusion():
-    spec = importlib.util.spec_from_file_location("confusion_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["confusion_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("confusion")
 
 
 def test_quick_run_writes_every_result(confusion, quick_world, tmp_path):
@@ -45,3 +38,14 @@ def test_quick_run_writes_every_result(confusion, quick_world, tmp_path):
 def test_quick_needs_an_explicit_output_folder(confusion):
     with pytest.raises(SystemExit):
         confusion.main(["--quick"])
+
+
+def test_world_only_reports_the_world_without_training(confusion, quick_world, tmp_path):
+    out = tmp_path / "world"
+    confusion.main(["--quick", "--world-only", "--out", str(out), "--world-root", str(quick_world.root)])
+    saved = json.loads((out / "confusion_world.json").read_text())
+    assert saved["world"]["components"]["judge"]["held_out"]["scenes"] == 8
+    assert set(saved["world"]["drawing"]) >= {"1_toy", "2_toys"}
+    assert "Judge on 8 held-out renders" in (out / "confusion_world.md").read_text()
+    assert (out / "confusion_world_samples.png").stat().st_size > 1000
+    assert not (out / "confusion.json").exists()

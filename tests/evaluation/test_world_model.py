@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
 
 from clif_serve.concepts.pack import read_pack
-from clif_serve.evaluation.world_model import BUILD_FILE, COMPONENT_FIELDS, QUICK_RECIPE, build_world
+from clif_serve.evaluation.world_model import (
+    BUILD_FILE,
+    COMPONENT_FIELDS,
+    QUICK_RECIPE,
+    UnetTraining,
+    World,
+    build_world,
+)
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.factory import torch_pipeline
 from clif_serve.runtime.request import GenerationRequest
@@ -41,3 +49,18 @@ def test_a_built_world_is_reused_and_records_its_build(quick_world):
     assert set(report["components"]) == set(COMPONENT_FIELDS)
     assert report["components"]["judge"]["held_out"]["scenes"] == QUICK_RECIPE.judge_held_out
     assert json.loads((again.clip_dir / "config.json").read_text())["model_type"] == "clip"
+
+
+def test_a_world_cut_short_stops_its_unet_and_keeps_the_other_keys(quick_world, tmp_path):
+    cut = dataclasses.replace(QUICK_RECIPE, unet_steps=4, unet_stop=1)
+    full, short = World(tmp_path, dataclasses.replace(cut, unet_stop=None)), World(tmp_path, cut)
+    assert short.key("base") != full.key("base")
+    assert {c: short.key(c) for c in ("vae", "clip", "judge")} == {c: full.key(c) for c in ("vae", "clip", "judge")}
+    base = load_base_model(quick_world.base_dir)
+    latents = (torch.zeros(2, 4, 16, 16), torch.ones(2, 4, 16, 16))
+    training = UnetTraining(base, cut, tmp_path / "unet.safetensors")
+    training.run(latents, ["a photo of a red circle", ""])
+    assert training.step == 1
+    assert json.loads((tmp_path / "unet.json").read_text())["step"] == 1
+    # The schedule still spans unet_steps: one step of four (no warm-up) leaves the rate near its start, not at its floor.
+    assert training.optimizer.param_groups[0]["lr"] > 0.5 * cut.unet_lr
