@@ -1,430 +1,430 @@
-"""Synthetic non-confusion benchmark: region->concept retrieval confusion, before vs after CLIF.
+"""Non-confusion judged on generated images of a synthetic world the pipeline can draw.
 
-World: two-part toys (a body: shape, colour, texture; a head: shape, colour) drawn with PIL on
-tinted backgrounds, captioned "a red striped circle with a blue square". A tiny CLIP (the tiny
-base model's text-encoder shape, a tiny ViT) is trained on the world, its text tower becomes the
-text encoder of a copy of the `tiny` base model, and the tiny UNet is trained briefly on the
-world's latents with it, so textual inversion has a (weak) signal. Per seed, two LOOK-ALIKE
-concepts share body shape, body colour and head shape and differ only in body texture and head
-colour; each is learned from 4 images by `clif_serve.training.train` under each row's recipe.
+The world (clif_serve.evaluation): two-part toys ("a red striped circle with a blue square"); a
+tiny text-to-image model trained once on its renders (VAE, CLIP text tower as text encoder,
+UNet; a normal diffusers folder) and a judge trained only on the renderer's ground truth. Per
+seed, two LOOK-ALIKE concepts <ann> and <bob> share body shape, body colour and head shape and
+differ in body texture and head colour; each is learnt from 4 renders by
+`clif_serve.training.train` under each row's recipe (same seed, images and base for every row).
 
-Stage 1 is trained on the renderer's part masks (the `masks` segmentation, standing in for the
-SAM masks of the CLIF paper; `--segmentation slic` uses superpixels instead).
+Primary metric: "a photo of <ann> and <bob>" and "a photo of <bob> and <ann>" are generated with
+the project's pipeline (same noise seeds for every row); the judge finds the objects and their
+attributes; confusion = share of objects showing the other concept's distinctive attribute
+(leakage) + share of images missing a concept (clif_serve/evaluation/leakage.py). Mean over seeds
+and a 95 % bootstrap interval (seeds resampled). Secondary: region->concept retrieval confusion
+of held-out part regions in the world CLIP's space (the former benchmark, more regions per seed).
 
-Metric: held-out images of each concept, alone and side by side, are cut along their ground-truth
-part masks; each part region is embedded by the CLIP image tower and assigned to whichever of
-"a photo of <A>" / "a photo of <B>" is closer (cosine). Confusion = share of regions assigned to
-the wrong concept (an exact tie counts one half). `raw` uses the cosines as they are;
-`calibrated` first subtracts each caption's mean cosine over all held-out regions (look-alike
-captions often differ by a near-constant offset that sends every region to one concept).
-Rows share seeds, images and the world; the world (CLIP, UNet) is trained once with seed 0 and
-the seeds vary the concept pair, its training and held-out renders, and the training seed.
-
-    .venv/bin/python benchmarks/confusion.py            # writes benchmarks/results/confusion.{json,md}
-    .venv/bin/python benchmarks/confusion.py --world /tmp/world   # keep the trained world for reruns
+    .venv/bin/python benchmarks/confusion.py                 # results/confusion.{json,md} + sample grids
+    .venv/bin/python benchmarks/confusion.py --rows ablation # the give-back ablation (confusion_ablation.*)
+    .venv/bin/python benchmarks/confusion.py --rows core     # only the TI and CLIF runs' six rows (confusion_core.*)
+    .venv/bin/python benchmarks/confusion.py --quick --out /tmp/x   # smoke run on a tiny world (tests)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import statistics
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw
-from transformers import CLIPModel
+from PIL import Image
 
+from clif_serve.bench.environment import describe_environment
+from clif_serve.concepts.create import new_pack
 from clif_serve.concepts.pack import read_pack
-from clif_serve.concepts.prompt import PromptEncoder
-from clif_serve.models.concept_text_encoder import ConceptTextEncoder
+from clif_serve.evaluation.concept_data import held_out_regions, write_common_folders, write_concept_folder
+from clif_serve.evaluation.fidelity import drawing_fidelity, fidelity_prompts, vae_fidelity
+from clif_serve.evaluation.grid import sample_grid
+from clif_serve.evaluation.judge import find_objects, judge_scene, load_judge
+from clif_serve.evaluation.leakage import judge_image, score_images
+from clif_serve.evaluation.retrieval import concept_text_features, retrieval_confusion
+from clif_serve.evaluation.stats import mean_ci, ratio_ci
+from clif_serve.evaluation.world import look_alike_pair
+from clif_serve.evaluation.world_model import QUICK_RECIPE, World, WorldRecipe, build_world
 from clif_serve.models.loading import load_base_model
-from clif_serve.models.tiny import embedded_model_dir
-from clif_serve.training.config import CommonSource, ConceptSource, TrainConfig
-from clif_serve.training.contrastive import project_text
-from clif_serve.training.diffusion import pixel_batch
-from clif_serve.training.image_tower import ImageTower, load_image_tower, tiny_clip_config
-from clif_serve.training.segmentation import SegmentationConfig, region_crop
+from clif_serve.runtime.factory import torch_pipeline
+from clif_serve.runtime.images import to_uint8
+from clif_serve.runtime.request import GenerationRequest
+from clif_serve.training.config import ConceptSource, TrainConfig
+from clif_serve.training.image_tower import load_image_tower
+from clif_serve.training.segmentation import SegmentationConfig
 from clif_serve.training.trainer import train
 
-COLOURS = {
-    "red": (205, 45, 45), "green": (45, 160, 70), "blue": (45, 80, 205), "yellow": (225, 200, 45),
-    "purple": (140, 65, 175), "orange": (240, 135, 35), "black": (35, 35, 35), "white": (250, 250, 250),
-}
-SHAPES = ("circle", "square", "triangle", "star")  # single tokens of the tiny vocabulary
-TEXTURES = ("plain", "striped", "dotted")
-SIZE = 64
 RESULTS = Path(__file__).resolve().parent / "results"
-# Row name -> (stage-1 objective or None, run textual inversion after it).
-ROWS = {
-    "class-word init (no training)": (None, False),
-    "TI only": (None, True),
-    "CLIF stage 1": ("clif", False),
-    "CLIF stage 1 + TI": ("clif", True),
-    "customcontrast": ("customcontrast", False),
-    "customcontrast + TI": ("customcontrast", True),
-    "clif+customcontrast": ("clif+customcontrast", False),
-    "clif+customcontrast + TI": ("clif+customcontrast", True),
-}
+NAMES = ("ann", "bob")
+REQUEST_IMAGES = 8  # the pipeline's per-request limit
 
 
 @dataclass(frozen=True)
-class Toy:
-    """A two-part object of the world."""
+class Run:
+    """One training run per seed; its packs after every stage feed one or more rows."""
 
-    body_shape: str
-    body_colour: str
-    texture: str
-    head_shape: str
-    head_colour: str
-
-    def caption(self) -> str:
-        texture = "" if self.texture == "plain" else f"{self.texture} "
-        return f"a {self.body_colour} {texture}{self.body_shape} with a {self.head_colour} {self.head_shape}"
+    stages: tuple[str, ...]
+    objective: str = "clif"
+    changes: dict = field(default_factory=dict)  # other TrainConfig fields (weights, rates)
 
 
-def random_toy(rng: np.random.Generator) -> Toy:
-    colours = list(COLOURS)
-    return Toy(
-        SHAPES[rng.integers(4)], colours[rng.integers(8)], TEXTURES[rng.integers(3)],
-        SHAPES[rng.integers(4)], colours[rng.integers(8)],
-    )
+@dataclass(frozen=True)
+class Row:
+    """A benchmark row: the packs of `run` after `stage` (run None: class-word init), sampled plainly.
 
-
-def shape_mask(shape: str, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Boolean mask of a shape filling `box` (left, top, right, bottom) on the canvas."""
-    mask = Image.new("L", (SIZE, SIZE), 0)
-    draw = ImageDraw.Draw(mask)
-    left, top, right, bottom = box
-    middle_x, middle_y = (left + right) // 2, (top + bottom) // 2
-    if shape == "circle":
-        draw.ellipse(box, fill=255)
-    elif shape == "square":
-        draw.rectangle(box, fill=255)
-    elif shape == "triangle":
-        draw.polygon([(middle_x, top), (right, bottom), (left, bottom)], fill=255)
-    else:
-        radius, inner = (right - left) / 2, (right - left) / 5
-        points = [
-            (middle_x + r * np.sin(a), middle_y - r * np.cos(a))
-            for k in range(10)
-            for r, a in [((radius, inner)[k % 2], k * np.pi / 5)]
-        ]
-        draw.polygon(points, fill=255)
-    return np.asarray(mask) > 0
-
-
-def paint(pixels: np.ndarray, mask: np.ndarray, colour: str, texture: str) -> None:
-    """Fill `mask` with a colour and a texture (stripes or dots in a darker shade)."""
-    rows, cols = np.mgrid[:SIZE, :SIZE]
-    base = np.array(COLOURS[colour], dtype=np.float32)
-    pattern = {"plain": np.zeros_like(mask), "striped": (cols // 3) % 2 == 0,
-               "dotted": ((rows % 6) < 2) & ((cols % 6) < 2)}[texture]
-    shade = np.where(pattern[..., None], base * 0.45, base)
-    pixels[mask] = shade[mask]
-
-
-def render(toys: list[Toy], rng: np.random.Generator) -> tuple[Image.Image, list[dict[str, np.ndarray]]]:
-    """One image with the toys side by side; returns the part masks of each toy."""
-    tint = rng.integers(190, 240, 3)
-    pixels = np.broadcast_to(tint, (SIZE, SIZE, 3)).astype(np.float32).copy()
-    slot = SIZE // len(toys)
-    parts = []
-    for index, toy in enumerate(toys):
-        body_size = int(rng.integers(slot * 5 // 8, slot * 7 // 8)) if len(toys) > 1 else int(rng.integers(28, 38))
-        head_size = max(8, body_size // 2)
-        left = index * slot + int(rng.integers(0, max(1, slot - body_size)))
-        top = int(rng.integers(head_size - 2, SIZE - body_size))
-        body = shape_mask(toy.body_shape, (left, top, left + body_size, top + body_size))
-        head_left = left + int(rng.integers(0, body_size - head_size + 1))
-        head = shape_mask(toy.head_shape, (head_left, top - head_size + 4, head_left + head_size, top + 4))
-        paint(pixels, body & ~head, toy.body_colour, toy.texture)
-        paint(pixels, head, toy.head_colour, "plain")
-        parts.append({"body": body & ~head, "head": head})
-    return Image.fromarray(pixels.astype(np.uint8)), parts
-
-
-def world_pool(count: int, seed: int) -> tuple[list[Image.Image], list[str]]:
-    """Captioned world images: single toys (70 %), pairs (20 %) and lone parts (10 %)."""
-    rng = np.random.default_rng(seed)
-    images, captions = [], []
-    for _ in range(count):
-        kind = rng.random()
-        if kind < 0.7:
-            toy = random_toy(rng)
-            images.append(render([toy], rng)[0])
-            captions.append(toy.caption())
-        elif kind < 0.9:
-            toys = [random_toy(rng), random_toy(rng)]
-            images.append(render(toys, rng)[0])
-            captions.append(f"{toys[0].caption()} and {toys[1].caption()}")
-        else:
-            toy = random_toy(rng)
-            image, parts = render([toy], rng)
-            part = "head" if rng.random() < 0.5 else "body"
-            images.append(region_crop(image, parts[0][part]).resize((SIZE, SIZE)))
-            if part == "head":
-                captions.append(f"a {toy.head_colour} {toy.head_shape}")
-            else:
-                texture = "" if toy.texture == "plain" else f"{toy.texture} "
-                captions.append(f"a {toy.body_colour} {texture}{toy.body_shape}")
-    return images, captions
-
-
-def train_world_clip(base, images, captions, steps: int, seed: int) -> CLIPModel:
-    """A tiny CLIP whose text tower has the tiny base encoder's shape and vocabulary."""
-    torch.manual_seed(seed)
-    text = base.text_encoders[0].config
-    config = tiny_clip_config(vocab_size=text.vocab_size, text_hidden=text.hidden_size, image_size=SIZE, patch_size=8)
-    config.text_config.bos_token_id, config.text_config.eos_token_id = text.bos_token_id, text.eos_token_id
-    config.text_config.pad_token_id = text.pad_token_id
-    clip = CLIPModel(config)
-    tower = ImageTower(clip.vision_model, clip.text_projection, 1.0)  # only for its preprocessing
-    pixels = tower.preprocess(images)
-    # Captions are short: 32 positions suffice (pooling reads the first end-of-text token).
-    ids = base.tokenizers[0](
-        captions, padding="max_length", truncation=True, max_length=32, return_tensors="pt"
-    ).input_ids
-    optimizer = torch.optim.AdamW(clip.parameters(), lr=2e-3, weight_decay=0.05)
-    generator = torch.Generator().manual_seed(seed)
-    clip.train()
-    for _ in range(steps):
-        index = torch.randperm(len(images), generator=generator)[:128]
-        loss = clip(input_ids=ids[index], pixel_values=pixels[index], return_loss=True).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return clip.eval().requires_grad_(False)
-
-
-def build_world_base(work: Path, steps: dict[str, int], seed: int) -> tuple[Path, Path, dict]:
-    """Train the world's CLIP and UNet; return (base folder, CLIP folder, timings)."""
-    timings = {}
-    started = time.perf_counter()
-    base_dir, clip_dir = work / "base", work / "clip"
-    shutil.copytree(embedded_model_dir("tiny"), base_dir)
-    base = load_base_model(base_dir)
-    images, captions = world_pool(2000, seed)
-    clip = train_world_clip(base, images, captions, steps["clip"], seed)
-    clip.save_pretrained(clip_dir)
-    clip.text_model.save_pretrained(base_dir / "text_encoder")  # a CLIPTextModel in transformers 5
-    timings["clip_s"] = round(time.perf_counter() - started, 1)
-    started = time.perf_counter()
-    base = load_base_model(base_dir)
-    train_world_unet(base, images[:600], captions[:600], steps["unet"], seed)
-    base.unet.save_pretrained(base_dir / "unet")
-    timings["unet_s"] = round(time.perf_counter() - started, 1)
-    return base_dir, clip_dir, timings
-
-
-def train_world_unet(base, images, captions, steps: int, seed: int, batch: int = 16) -> None:
-    """ε-prediction training of the tiny UNet on world latents, conditioned on the world text encoder."""
-    from diffusers import DDPMScheduler
-
-    encoder = ConceptTextEncoder(base.text_encoders[0], base.spec.text_encoders[0])
-    ids = base.tokenizers[0](captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
-    with torch.no_grad():
-        hidden = torch.cat([encoder(ids[i : i + 256], torch.zeros(len(ids[i : i + 256]), 1, base.spec.text_encoders[0].hidden_size))[0]
-                            for i in range(0, len(ids), 256)])
-        latents = torch.cat([base.vae.encode(pixel_batch(images[i : i + 256], SIZE)).latent_dist.mean
-                             for i in range(0, len(images), 256)]) * base.spec.vae_scaling_factor
-    scheduler = DDPMScheduler.from_config(base.spec.scheduler_config)
-    unet = base.unet.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        index = torch.randint(len(images), (batch,), generator=generator)
-        noise = torch.randn(latents[index].shape, generator=generator)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (batch,), generator=generator)
-        prediction = unet(scheduler.add_noise(latents[index], noise, timesteps), timesteps, hidden[index]).sample
-        loss = F.mse_loss(prediction, noise)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    unet.eval().requires_grad_(False)
-
-
-def look_alike_pair(rng: np.random.Generator) -> tuple[Toy, Toy]:
-    """Two toys with the same body shape, body colour and head shape; texture and head colour differ."""
-    first = random_toy(rng)
-    textures = [t for t in TEXTURES if t != first.texture]
-    colours = [c for c in COLOURS if c not in (first.head_colour, first.body_colour)]
-    second = replace(first, texture=textures[rng.integers(len(textures))], head_colour=colours[rng.integers(len(colours))])
-    return first, second
-
-
-def write_folders(work: Path, pair: tuple[Toy, Toy], rng: np.random.Generator, shots: int) -> dict[str, Path]:
-    """Training images (with their part masks in masks/) of both concepts and of two common toys."""
-    folders = {}
-    for name, toy in zip(("ann", "bob"), pair, strict=True):
-        folders[name] = work / name
-        (folders[name] / "masks").mkdir(parents=True)
-        for index in range(shots):
-            image, parts = render([toy], rng)
-            image.save(folders[name] / f"{index}.png")
-            for part, mask in parts[0].items():
-                Image.fromarray(mask.astype(np.uint8) * 255).save(folders[name] / "masks" / f"{index}_{part}.png")
-    for index in range(2):
-        common = random_toy(rng)
-        folder = work / f"common{index}"
-        folder.mkdir(parents=True)
-        for shot in range(3):
-            render([common], rng)[0].save(folder / f"{shot}.png")
-        folders[f"common{index}:{common.caption()[2:]}"] = folder
-    return folders
-
-
-def held_out_regions(pair: tuple[Toy, Toy], rng: np.random.Generator, count: int) -> tuple[list[Image.Image], list[int]]:
-    """Part regions (body, head) of held-out images: each concept alone, and both side by side."""
-    regions, labels = [], []
-    for _ in range(count):
-        for label, toy in enumerate(pair):
-            image, parts = render([toy], rng)
-            for mask in parts[0].values():
-                regions.append(region_crop(image, mask))
-                labels.append(label)
-        order = [0, 1] if rng.random() < 0.5 else [1, 0]
-        image, parts = render([pair[i] for i in order], rng)
-        for label, toy_parts in zip(order, parts, strict=True):
-            for mask in toy_parts.values():
-                if mask.any():
-                    regions.append(region_crop(image, mask))
-                    labels.append(label)
-    return regions, labels
-
-
-def confusion(base, tower: ImageTower, packs, region_features: torch.Tensor, labels: list[int]) -> dict[str, float]:
-    """Share of regions assigned to the wrong concept (ties count one half).
-
-    `raw`: nearest of "a photo of <ann>" / "a photo of <bob>" by cosine. `calibrated`: the same
-    after subtracting each caption's mean score over all held-out regions, which removes a global
-    preference for one caption (with look-alikes a tiny offset otherwise sends every region to the
-    same concept, and raw confusion sits at 0.5 whatever the embeddings separate).
+    `sampling` names how images are drawn; "plain" is the only one today. Regional sampling
+    (issue 14) adds rows with `sampling="regions"` and a branch in `generate`.
     """
-    encoder = ConceptTextEncoder(base.text_encoders[0], base.spec.text_encoders[0])
-    encoded = PromptEncoder(base.tokenizers, base.spec).encode(
-        ["a photo of <ann>", "a photo of <bob>"], {pack.trigger: pack for pack in packs}
+
+    name: str
+    run: str | None
+    stage: str | None
+    sampling: str = "plain"
+
+
+RUNS = {
+    "ti": Run(("ti", "lora")),
+    "clif": Run(("clif", "ti", "lora")),
+    "customcontrast": Run(("clif", "ti", "lora"), "customcontrast"),
+    "clif+customcontrast": Run(("clif", "ti", "lora"), "clif+customcontrast"),
+    "clif, contrastive kept": Run(("clif", "ti", "lora"), changes={"contrastive_weight": 1.0}),
+    "clif, trust region": Run(("clif", "ti", "lora"), changes={"anchor_weight": 1.0}),
+    "clif, lower rates": Run(("clif", "ti", "lora"), changes={"lr": {"clif": 1e-3, "ti": 2e-4, "lora": 2e-4}}),
+}
+ROW_SETS = {
+    "main": [
+        Row("class-word init (no training)", None, None),
+        Row("TI only", "ti", "ti"),
+        Row("TI + joint LoRA", "ti", "lora"),
+        Row("CLIF stage 1", "clif", "clif"),
+        Row("CLIF + TI", "clif", "ti"),
+        Row("CLIF + TI + joint LoRA (default pipeline)", "clif", "lora"),
+        Row("CustomContrast stage 1", "customcontrast", "clif"),
+        Row("CustomContrast + TI + joint LoRA", "customcontrast", "lora"),
+        Row("CLIF+CustomContrast stage 1", "clif+customcontrast", "clif"),
+        Row("CLIF+CustomContrast + TI + joint LoRA", "clif+customcontrast", "lora"),
+    ],
+    "ablation": [
+        Row("TI + joint LoRA", "ti", "lora"),
+        Row("CLIF stage 1", "clif", "clif"),
+        Row("CLIF + TI", "clif", "ti"),
+        Row("CLIF + TI + joint LoRA", "clif", "lora"),
+        Row("CLIF + TI, contrastive kept (w=1)", "clif, contrastive kept", "ti"),
+        Row("CLIF + TI + joint LoRA, contrastive kept (w=1)", "clif, contrastive kept", "lora"),
+        Row("CLIF + TI, trust region (λ=1)", "clif, trust region", "ti"),
+        Row("CLIF + TI + joint LoRA, trust region (λ=1)", "clif, trust region", "lora"),
+        Row("CLIF + TI, lower rates (ti, lora 2e-4)", "clif, lower rates", "ti"),
+        Row("CLIF + TI + joint LoRA, lower rates (ti, lora 2e-4)", "clif, lower rates", "lora"),
+    ],
+}
+# The rows of the two training runs every comparison needs (TI, CLIF): the goal's rows and the give-back.
+ROW_SETS["core"] = ROW_SETS["main"][:6]
+ROW_SETS["quick"] = [ROW_SETS["main"][i] for i in (0, 1, 2, 3, 5)]  # the smoke run: two training runs per seed
+DEFAULT_ROW = "CLIF + TI + joint LoRA (default pipeline)"
+BASELINE_ROW = "TI + joint LoRA"
+
+
+def prompts() -> list[str]:
+    return [f"a photo of <{first}> and <{second}>" for first, second in (NAMES, NAMES[::-1])]
+
+
+def generate(world: World, packs, row: Row, seed: int, args) -> np.ndarray:
+    """`args.images` images of the row's packs: half per prompt order, in requests of 8, fixed noise seeds."""
+    if row.sampling != "plain":
+        raise ValueError(f"sampling {row.sampling!r} is not available yet")
+    pipeline = torch_pipeline(world.base_dir, packs)
+    batches = []
+    for order, prompt in enumerate(prompts()):
+        remaining = args.images // 2
+        request_index = 0
+        while remaining > 0:
+            count = min(REQUEST_IMAGES, remaining)
+            request = GenerationRequest(
+                prompt, steps=args.sampling_steps, guidance_scale=args.guidance_scale,
+                seed=100_000 * seed + 1_000 * order + request_index, num_images=count,
+            )
+            batches.append(to_uint8(pipeline.generate(request)))
+            remaining -= count
+            request_index += 1
+    return np.concatenate(batches)
+
+
+def train_run(run: Run, world: World, concepts, commons, seed: int, args, out: Path) -> tuple[dict[str, list], float]:
+    """Train one run; return the packs after each of its stages and the seconds it took."""
+    steps = {"clif": args.clif_steps, "ti": args.ti_steps, "lora": args.lora_steps}
+    config = TrainConfig(
+        concepts=concepts, commons=commons, out=out, model=str(world.base_dir), stages=run.stages,
+        objective=run.objective, image_encoders=(str(world.clip_dir),), seed=seed, steps=steps, stage_packs=True,
+        segmentation=SegmentationConfig(method="masks", min_area=0.005), **run.changes,
     )
-    with torch.no_grad():
-        pooled = encoder(encoded.input_ids[0], encoded.concept_tables[0])[1]
-        text = F.normalize(project_text(encoder, tower, pooled), dim=-1)
-    scores = F.normalize(region_features, dim=-1) @ text.T
-    truth = torch.tensor(labels)
-    rows = torch.arange(len(truth))
-
-    def wrong_share(values: torch.Tensor) -> float:
-        own, other = values[rows, truth], values[rows, 1 - truth]
-        return float(((other > own + 1e-6).float() + 0.5 * ((other - own).abs() <= 1e-6).float()).mean())
-
-    return {"raw": wrong_share(scores), "calibrated": wrong_share(scores - scores.mean(dim=0, keepdim=True))}
+    started = time.perf_counter()
+    result = train(config)
+    packs = {stage: [read_pack(path) for path in paths] for stage, paths in result.stage_packs.items()}
+    return packs, time.perf_counter() - started
 
 
-def run_seed(seed: int, base_dir: Path, clip_dir: Path, args, work: Path) -> dict[str, dict]:
-    """Every row on one seed's concept pair; returns row -> {confusion, seconds}."""
+def run_seed(seed: int, world: World, rows: list[Row], args, work: Path, samples: dict) -> dict:
+    """Every row on one seed: train the runs the rows need, generate, judge, score."""
     rng = np.random.default_rng(1000 + seed)
     pair = look_alike_pair(rng)
-    folders = write_folders(work, pair, rng, args.shots)
-    base = load_base_model(base_dir)
-    tower = load_image_tower(clip_dir)
+    concepts = tuple(
+        ConceptSource(name, write_concept_folder(work / name, toy, rng, args.shots), toy.body_shape)
+        for name, toy in zip(NAMES, pair, strict=True)
+    )
+    commons = write_common_folders(work, rng)
     regions, labels = held_out_regions(pair, rng, args.held_out)
-    features = tower.embed(regions)
-    commons = tuple(CommonSource(key.split(":", 1)[1], path) for key, path in folders.items() if ":" in key)
-    concepts = tuple(ConceptSource(name, folders[name], pair[0].body_shape) for name in ("ann", "bob"))
-    results = {"pair": [pair[0].caption(), pair[1].caption()], "regions": len(labels)}
-    for row, (objective, with_ti) in ROWS.items():
-        stages = tuple(s for s, on in (("clif", objective is not None), ("ti", with_ti)) if on) or ("clif",)
-        config = TrainConfig(
-            concepts=concepts, commons=commons, out=work / "runs" / row.replace(" ", "_"), model=str(base_dir),
-            stages=stages, image_encoders=(str(clip_dir),), objective=objective or "clif", seed=seed,
-            segmentation=SegmentationConfig(method=args.segmentation, min_area=0.005),
-            steps={"clif": args.clif_steps if objective else 0, "ti": args.ti_steps, "lora": 0},
-        )
+    base = load_base_model(world.base_dir)
+    tower = load_image_tower(world.clip_dir)
+    region_features = tower.embed(regions)
+    judge = load_judge(world.judge_dir)
+    trained, train_seconds = {}, {}
+    for name in dict.fromkeys(row.run for row in rows if row.run is not None):
+        trained[name], train_seconds[name] = train_run(RUNS[name], world, concepts, commons, seed, args, work / "runs" / name)
+    result = {"pair": [toy.caption() for toy in pair], "train_seconds": train_seconds, "rows": {}}
+    if seed == 0:
+        samples["concepts"] = [
+            (f"<{name}>: {toy.caption()} (its first training image)", np.asarray(Image.open(concept.folder / "0.png")))
+            for name, toy, concept in zip(NAMES, pair, concepts, strict=True)
+        ]
+    for row in rows:
+        if row.run is None:
+            packs = [new_pack(base, c.name, c.class_word) for c in concepts]
+        else:
+            packs = trained[row.run][row.stage]
         started = time.perf_counter()
-        packs = [read_pack(path) for path in train(config).packs]
-        results[row] = {**confusion(base, tower, packs, features, labels),
-                        "seconds": round(time.perf_counter() - started, 2)}
-    return results
+        images = generate(world, packs, row, seed, args)
+        objects = find_objects(judge, images)
+        score = score_images([judge_image(found, pair) for found in objects])
+        retrieval = retrieval_confusion(region_features, labels, concept_text_features(base, tower, packs))
+        result["rows"][row.name] = {
+            **score.to_dict(), "retrieval": retrieval, "embeddings": embedding_shift(packs, trained.get(row.run), base),
+            "generate_and_judge_s": round(time.perf_counter() - started, 2),
+        }
+        if seed == 0:
+            half = args.images // 2
+            samples.setdefault("rows", []).append((row.name, images[: min(4, half)], images[half : half + min(4, half)]))
+    return result
 
 
-def summarise(per_seed: dict[int, dict]) -> dict[str, dict]:
-    """Per row and metric: mean, sample standard deviation, min and max over seeds."""
+def embedding_shift(packs, run_packs: dict | None, base) -> dict:
+    """How far the rows moved: relative distance from the class-word start and from the stage-1 result."""
+    def rows(of) -> torch.Tensor:
+        return torch.cat([pack.embeddings["text_encoder"] for pack in of])
+
+    current = rows(packs)
+    start = rows([new_pack(base, pack.name, pack.class_word) for pack in packs])
+    shift = {"from_init": float((current - start).norm() / start.norm()), "norm_ratio": float(current.norm() / start.norm())}
+    if run_packs is not None and "clif" in run_packs:
+        stage_one = rows(run_packs["clif"])
+        shift["from_stage1"] = float((current - stage_one).norm() / stage_one.norm())
+    return shift
+
+
+def summarise(per_seed: dict[int, dict], rows: list[Row]) -> dict:
+    """Per row: mean and 95 % bootstrap interval over seeds of every score."""
     summary = {}
-    for row in ROWS:
-        summary[row] = {"seconds_mean": statistics.fmean(per_seed[seed][row]["seconds"] for seed in per_seed)}
-        for metric in ("calibrated", "raw"):
-            values = [per_seed[seed][row][metric] for seed in per_seed]
-            summary[row][metric] = {
-                "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "min": min(values), "max": max(values),
-            }
+    for row in rows:
+        values = [per_seed[seed]["rows"][row.name] for seed in per_seed]
+        entry = {key: mean_ci([v[key] for v in values]) for key in ("confusion", "leakage", "missing", "clean")}
+        entry["objects_per_image"] = float(np.mean([v["objects_per_image"] for v in values]))
+        for key in values[0]["embeddings"]:
+            entry[f"embedding_{key}"] = float(np.mean([v["embeddings"][key] for v in values]))
+        for key in ("calibrated", "raw"):
+            entry[f"retrieval_{key}"] = mean_ci([v["retrieval"][key] for v in values])
+        if row.run is not None:
+            entry["train_seconds_mean"] = float(np.mean([per_seed[s]["train_seconds"][row.run] for s in per_seed]))
+        summary[row.name] = entry
     return summary
 
 
+def goal(per_seed: dict[int, dict], summary: dict) -> dict | None:
+    """Default pipeline vs TI + joint LoRA: the paired ratio of confusion and whether the intervals overlap."""
+    if DEFAULT_ROW not in summary or BASELINE_ROW not in summary:
+        return None
+    default = [per_seed[s]["rows"][DEFAULT_ROW]["confusion"] for s in per_seed]
+    baseline = [per_seed[s]["rows"][BASELINE_ROW]["confusion"] for s in per_seed]
+    ratio = ratio_ci(default, baseline)
+    separate = summary[DEFAULT_ROW]["confusion"]["high"] < summary[BASELINE_ROW]["confusion"]["low"]
+    return {"ratio": ratio, "intervals_separate": separate, "met": ratio["ratio"] <= 0.5 and separate}
+
+
+def _cell(stats: dict) -> str:
+    return f"{stats['mean']:.3f} [{stats['low']:.3f}, {stats['high']:.3f}]"
+
+
 def markdown(report: dict) -> str:
-    """The markdown table of a report."""
-    seeds = report["seeds"]
-    reference = report["summary"]["TI only"]["calibrated"]["mean"]
+    """The results as markdown."""
+    settings, seeds = report["settings"], report["seeds"]
     lines = [
-        f"# Region->concept confusion (synthetic world, seeds {seeds[0]}..{seeds[-1]}, {len(seeds)} seeds)",
+        f"# Confusion on generated images (synthetic world, {len(seeds)} of {report['seeds_planned']} planned seeds, "
+        f"{settings['images']} images per row and seed)",
         "",
-        "Share of held-out part regions assigned to the wrong concept; lower is better, 0.5 is chance.",
-        "Calibrated removes each caption's mean score first (see benchmarks/confusion.py); change is of",
-        "the calibrated mean against TI only. Spread: sample std over seeds, and [min, max].",
+        "Prompts \"a photo of <ann> and <bob>\" and \"a photo of <bob> and <ann>\" (half the images each, the same",
+        "noise seeds for every row). Confusion = leakage (share of matched objects showing the other concept's",
+        "distinctive attribute) + missing (share of images without one of the concepts); lower is better.",
+        "Clean = both concepts present, neither leaked. Retrieval = region->concept confusion of held-out part",
+        "regions in the world CLIP's space (calibrated; 0.5 is chance). Mean over seeds [95 % bootstrap interval].",
         "",
-        "| row | calibrated mean ± std [min, max] | raw mean ± std [min, max] | vs TI only | train s |",
-        "| --- | --- | --- | --- | --- |",
+        "| row | confusion | leakage | missing | clean | objects/image | retrieval (calibrated) | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row, stats in report["summary"].items():
-        cells = [
-            f"{m['mean']:.3f} ± {m['std']:.3f} [{m['min']:.3f}, {m['max']:.3f}]"
-            for m in (stats["calibrated"], stats["raw"])
-        ]
-        change = (stats["calibrated"]["mean"] - reference) / reference if reference else float("nan")
-        lines.append(f"| {row} | {cells[0]} | {cells[1]} | {change:+.0%} | {stats['seconds_mean']:.1f} |")
-    lines += ["", f"World: {json.dumps(report['world'])}", f"Settings: {json.dumps(report['settings'])}", ""]
+    for name, entry in report["summary"].items():
+        cells = [_cell(entry[k]) for k in ("confusion", "leakage", "missing", "clean")]
+        seconds = f"{entry['train_seconds_mean']:.0f}" if "train_seconds_mean" in entry else "-"
+        lines.append(f"| {name} | {' | '.join(cells)} | {entry['objects_per_image']:.2f} | "
+                     f"{_cell(entry['retrieval_calibrated'])} | {seconds} |")
+    lines += [
+        "", "Where the concept rows went (means over seeds): relative distance from the class-word start and from",
+        "the stage-1 result of the same run, norm relative to the start, and the raw retrieval confusion.", "",
+        "| row | moved from start | moved from stage 1 | norm / start | retrieval (raw) |", "| --- | --- | --- | --- | --- |",
+    ]
+    for name, entry in report["summary"].items():
+        stage_one = f"{entry['embedding_from_stage1']:.2f}" if "embedding_from_stage1" in entry else "-"
+        lines.append(f"| {name} | {entry['embedding_from_init']:.2f} | {stage_one} | {entry['embedding_norm_ratio']:.2f} | "
+                     f"{_cell(entry['retrieval_raw'])} |")
+    if report.get("goal"):
+        g = report["goal"]
+        lines += ["", f"Goal (default pipeline <= 50 % of TI + joint LoRA, intervals apart): ratio {g['ratio']['ratio']:.2f} "
+                  f"[{g['ratio']['low']:.2f}, {g['ratio']['high']:.2f}] (paired bootstrap), intervals apart: "
+                  f"{'yes' if g['intervals_separate'] else 'no'} -> {'met' if g['met'] else 'not met'}."]
+    lines += world_markdown(report["world"])
+    lines += ["", f"Settings: {json.dumps(settings)}", f"Run time: {report['seconds']:.0f} s; "
+              f"environment: {report['environment']['cpu']}, {report['environment']['cpu_count']} cores.", ""]
     return "\n".join(lines)
+
+
+def world_markdown(world: dict) -> list[str]:
+    """The world section: judge accuracy on held-out renders, VAE and drawing fidelity, build times."""
+    judge = world["components"]["judge"]["held_out"]
+    lines = [
+        "", "## World", "",
+        f"Judge on {judge['scenes']} held-out renders: recall {judge['recall']:.3f}, precision {judge['precision']:.3f}, "
+        f"lowest attribute accuracy {judge['min_accuracy']:.3f} ({json.dumps({k: round(v, 3) for k, v in judge['accuracy'].items()})}).",
+        f"Judge on VAE reconstructions: lowest attribute accuracy {world['vae']['reconstructions']['min_accuracy']:.3f}; "
+        f"mean abs pixel error {world['vae']['mean_abs_pixel_error']:.1f}/255.",
+    ]
+    for kind in ("1_toy", "2_toys"):
+        fidelity = world["drawing"][kind]
+        lines.append(f"Drawing, {kind.replace('_', ' ')} prompts ({fidelity['prompts']}): attributes as prompted "
+                     f"{json.dumps({k: round(v, 2) for k, v in fidelity['attribute_accuracy'].items()})}, "
+                     f"object count right {fidelity['count_accuracy']:.2f}.")
+    seconds = {k: v["seconds"] for k, v in world["components"].items()}
+    lines.append(f"World build seconds (cached, not part of this run unless built now): {json.dumps(seconds)}; "
+                 f"recipe {json.dumps(world['recipe'])}.")
+    return lines
+
+
+def world_section(world: World, args) -> dict:
+    """The world's build report, VAE fidelity and drawing fidelity (judge on plain-text generations)."""
+    from diffusers import AutoencoderKL
+
+    judge = load_judge(world.judge_dir)
+    rng = np.random.default_rng(77)
+    scenes = [judge_scene(rng) for _ in range(args.fidelity_renders)]
+    vae = AutoencoderKL.from_pretrained(world.base_dir / "vae").eval()
+    pipeline = torch_pipeline(world.base_dir)
+    drawing = drawing_fidelity(pipeline, judge, args.fidelity_prompts, 0, args.sampling_steps, args.guidance_scale)
+    return {**world.report(), "vae": vae_fidelity(vae, judge, scenes), "drawing": drawing}
+
+
+def world_grid(world: World, args, path: Path) -> Path:
+    """Prompt -> images for a few plain prompts (the README's sample grid)."""
+    pipeline = torch_pipeline(world.base_dir)
+    rows = []
+    for index, (text, _) in enumerate(fidelity_prompts(8, 5)):
+        request = GenerationRequest(text, steps=args.sampling_steps, guidance_scale=args.guidance_scale,
+                                    seed=index, num_images=6)
+        rows.append((text, to_uint8(pipeline.generate(request))))
+    return sample_grid(rows, path, "The world model: prompt -> six samples (64x64, shown 2x)")
+
+
+def world_only(world: World, args, started: float) -> dict:
+    """Write the world's report (confusion_world.{json,md}) and its sample grid; no concepts are trained."""
+    report = {"world": world_section(world, args), "settings": {k: v for k, v in vars(args).items() if k not in ("out", "world_root")},
+              "environment": describe_environment({"shared_machine": True})}
+    args.out.mkdir(parents=True, exist_ok=True)
+    world_grid(world, args, args.out / "confusion_world_samples.png")
+    report["seconds"] = time.perf_counter() - started
+    (args.out / "confusion_world.json").write_text(json.dumps(report, indent=2))
+    text = "\n".join(["# The confusion benchmark's world", *world_markdown(report["world"]), "",
+                      f"Run time: {report['seconds']:.0f} s; environment: {report['environment']['cpu']}, "
+                      f"{report['environment']['cpu_count']} cores (shared machine).", ""])
+    (args.out / "confusion_world.md").write_text(text)
+    print(text)
+    return report
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5, help="concept pairs (seeds 0..N-1; default 5)")
-    parser.add_argument("--clip-steps", type=int, default=300, help="world CLIP training steps")
-    parser.add_argument("--unet-steps", type=int, default=100, help="world UNet training steps")
-    parser.add_argument("--clif-steps", type=int, default=150, help="stage-1 steps per row")
-    parser.add_argument("--ti-steps", type=int, default=50, help="textual-inversion steps per row")
+    parser.add_argument("--rows", default=None, choices=sorted(ROW_SETS), help="row set (default: main; quick with --quick)")
+    parser.add_argument("--seeds", type=int, default=10, help="concept pairs, seeds 0..N-1 (default 10)")
+    parser.add_argument("--images", type=int, default=32, help="generated images per row and seed (default 32)")
+    parser.add_argument("--clif-steps", type=int, default=200, help="stage-1 steps (training default)")
+    parser.add_argument("--ti-steps", type=int, default=200, help="textual-inversion steps (training default)")
+    parser.add_argument("--lora-steps", type=int, default=200, help="joint LoRA steps (training default)")
     parser.add_argument("--shots", type=int, default=4, help="training images per concept")
-    parser.add_argument("--held-out", type=int, default=8, help="held-out renders per concept (and pairs)")
-    parser.add_argument("--segmentation", default="masks", choices=("masks", "slic", "felzenszwalb"),
-                        help="regions for stage 1: the renderer's part masks (default) or superpixels")
-    parser.add_argument("--world", type=Path, default=None, help="keep (or reuse) the trained world in this folder")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for confusion.json / confusion.md")
+    parser.add_argument("--held-out", type=int, default=40, help="held-out renders per concept for retrieval")
+    parser.add_argument("--sampling-steps", type=int, default=20, help="denoising steps (default 20)")
+    parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
+    parser.add_argument("--fidelity-prompts", type=int, default=64, help="plain prompts for the world's drawing fidelity")
+    parser.add_argument("--fidelity-renders", type=int, default=300, help="held-out renders for the VAE fidelity")
+    parser.add_argument("--world-only", action="store_true",
+                        help="only the world: judge accuracy, VAE and drawing fidelity, sample grid (confusion_world.*)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny world, 2 seeds, 4 images, 2 steps")
+    parser.add_argument("--world-root", type=Path, default=None, help="world cache folder (default: cache_dir()/worlds)")
+    parser.add_argument("--world-unet-stop", type=int, default=None,
+                        help="use a world whose UNet stopped at this step of its schedule (a world cut short)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=None, help=f"folder for the results (default: {RESULTS})")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="clif-confusion-") as tmp:
-        work = Path(tmp)
-        world_dir = args.world or work / "world"
-        if (world_dir / "world.json").is_file():
-            base_dir, clip_dir, world = world_dir / "base", world_dir / "clip", json.loads((world_dir / "world.json").read_text())
-        else:
-            world_steps = {"clip": args.clip_steps, "unet": args.unet_steps}
-            base_dir, clip_dir, world = build_world_base(world_dir, world_steps, 0)
-            world.update(world_steps)
-            (world_dir / "world.json").write_text(json.dumps(world))
-        per_seed = {seed: run_seed(seed, base_dir, clip_dir, args, work / f"seed{seed}") for seed in range(args.seeds)}
-    report = {
-        "seeds": list(range(args.seeds)), "world": world,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "world")},
-        "summary": summarise(per_seed), "per_seed": per_seed,
-    }
+    if args.quick and args.out is None:
+        parser.error("--quick writes smoke-run results; give --out (the committed results stay as they are)")
+    args.out = args.out or RESULTS
+    args.rows = args.rows or ("quick" if args.quick else "main")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = WorldRecipe(unet_stop=args.world_unet_stop)
+    if args.quick:
+        recipe = QUICK_RECIPE
+        for name, value in dict(seeds=2, images=4, clif_steps=2, ti_steps=2, lora_steps=2, held_out=2,
+                                sampling_steps=2, fidelity_prompts=4, fidelity_renders=8).items():
+            setattr(args, name, value)
+    started = time.perf_counter()
+    world = build_world(recipe, args.world_root)
+    if args.world_only:
+        return world_only(world, args, started)
+    rows = ROW_SETS[args.rows]
+    stem = "confusion" if args.rows in ("main", "quick") else f"confusion_{args.rows}"
+    samples: dict = {}
+    world_report = world_section(world, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "confusion.json").write_text(json.dumps(report, indent=2))
-    (args.out / "confusion.md").write_text(markdown(report))
+    if args.rows in ("main", "core", "quick"):
+        world_grid(world, args, args.out / "confusion_world_samples.png")
+    per_seed: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="clif-confusion-") as tmp:
+        for seed in range(args.seeds):  # the results are rewritten after every seed: a cut run keeps what it did
+            per_seed[seed] = run_seed(seed, world, rows, args, Path(tmp) / f"seed{seed}", samples)
+            report = write_report(args, stem, rows, per_seed, world_report, samples, started)
     print(markdown(report))
+    return report
+
+
+def write_report(args, stem: str, rows: list[Row], per_seed: dict[int, dict], world_report: dict, samples: dict,
+                 started: float) -> dict:
+    """Summarise the seeds done so far and write `<stem>.json`, `<stem>.md` and the seed-0 sample grid."""
+    summary = summarise(per_seed, rows)
+    report = {
+        "rows_set": args.rows, "seeds": list(per_seed), "seeds_planned": args.seeds,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "world_root")},
+        "summary": summary, "goal": goal(per_seed, summary), "world": world_report, "per_seed": per_seed,
+        "environment": describe_environment({"shared_machine": True}), "seconds": time.perf_counter() - started,
+    }
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{stem}.md").write_text(markdown(report))
+    grid_rows = [(label, image[None]) for label, image in samples.get("concepts", [])]
+    for name, first, second in samples.get("rows", []):
+        grid_rows.append((f"{name}: <ann> and <bob> | <bob> and <ann>", np.concatenate([first, second])))
+    sample_grid(grid_rows, args.out / f"{stem}_samples.png", "Seed 0, the same noise for every row")
     return report
 
 

@@ -73,3 +73,17 @@ def tiny_deployment(spec):
         concept_rows=Range(1, 4, 32),
         lora_rank=Range(1, 4, 64),
     )
+
+
+def load_benchmark(name: str):
+    """Import `benchmarks/<name>.py` as module `<name>_benchmark` (the scripts are no package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

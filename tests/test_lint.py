@@ -43,6 +43,7 @@ ALLOWED = {
     "serving": BASE | {"lora", "concepts", "contract", "runtime"},
     "training": BASE | {"lora", "concepts", "contract", "runtime"},
     "bench": BASE | {"lora", "concepts", "contract", "runtime", "serving"},
+    "evaluation": BASE | {"lora", "concepts", "contract", "runtime", "serving", "training", "bench"},
 }
 
 

@@ -11,7 +11,7 @@ import sys
 from clif_serve.errors import ClifServeError
 
 # Command modules under clif_serve.cli, in the order `--help` lists them.
-COMMANDS = ("concepts", "generate", "train", "export", "repo", "serve", "bench")
+COMMANDS = ("concepts", "generate", "train", "eval", "export", "repo", "serve", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -83,6 +83,10 @@ class TrainConfig:
     checkpoint_every: int = 50
     max_grad_norm: float = 1.0
     weight_decay: float = 1e-2
+    # Regularisers of the diffusion stages (ti, lora), both off by default (docs/training.md#the-give-back):
+    contrastive_weight: float = 0.0  # keep the stage-1 loss, times this weight, in the ti and lora stages
+    anchor_weight: float = 0.0  # trust region: relative squared distance of the rows from where ti started
+    stage_packs: bool = False  # also write every stage's packs to OUT/stages/<stage>/
 
     def validate(self) -> None:
         """Check the options that need no model; raise InputError naming the option."""
@@ -110,6 +114,11 @@ class TrainConfig:
             raise InputError("mixed_precision", f"{self.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION)}")
         if self.num_tokens < 1 or self.lora_rank < 1:
             raise InputError("num_tokens" if self.num_tokens < 1 else "rank", "must be >= 1")
+        for name in ("contrastive_weight", "anchor_weight"):
+            if getattr(self, name) < 0:
+                raise InputError(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.contrastive_weight > 0 and not {"ti", "lora"} & set(self.stages):
+            raise InputError("contrastive_weight", "keeps the stage-1 loss in the ti/lora stages; run one of them")
         if self.checkpoint_every < 1:
             raise InputError("checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
         self.segmentation.validate()
@@ -117,7 +126,7 @@ class TrainConfig:
     def resume_key(self, fingerprint: str) -> str:
         """Hash of every setting a checkpoint depends on (steps may grow between runs; the rest may not)."""
         settings = asdict(self)
-        for volatile in ("steps", "out", "resume", "device", "checkpoint_every"):
+        for volatile in ("steps", "out", "resume", "device", "checkpoint_every", "stage_packs"):
             settings.pop(volatile)
         settings["fingerprint"] = fingerprint
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -47,6 +47,15 @@ def tiny_clip_config(
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
 
 
+def normalised_pixels(
+    images: list[Image.Image], size: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """Resize the short side (bicubic), centre crop to `size`, normalise with mean/std: `[N, 3, S, S]`."""
+    batch = [np.asarray(center_square(image, size), dtype=np.float32) / 255.0 for image in images]
+    pixels = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+    return (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
 def _build_tiny_clip(folder: Path) -> None:
     torch.manual_seed(4)
     CLIPModel(tiny_clip_config()).save_pretrained(folder)
@@ -91,9 +100,7 @@ class ImageTower(nn.Module):
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """Resize the short side (bicubic), centre crop, normalise: `[N, 3, S, S]` float32."""
-        batch = [np.asarray(center_square(image, self.image_size), dtype=np.float32) / 255.0 for image in images]
-        pixels = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
-        return (pixels - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
+        return normalised_pixels(images, self.image_size, self.mean, self.std)
 
     @torch.no_grad()
     def embed(self, images: list[Image.Image], batch_size: int = 64) -> torch.Tensor:

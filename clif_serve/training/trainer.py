@@ -30,12 +30,14 @@ from clif_serve.training.data import ConceptImages, load_concept
 from clif_serve.training.diffusion import add_lora, diffusion_loss_fn, latent_distribution, lora_weights
 from clif_serve.training.image_tower import ImageTower, load_image_tower
 from clif_serve.training.loop import LoopSettings, Stage, run_stage
+from clif_serve.training.regularisers import regularised
 from clif_serve.training.samples import GLOBAL_TEMPLATES, CommonImages, build_samples
 from clif_serve.training.tables import ConceptTables, TextSide, encode_captions
 from clif_serve.training.views import build_views
 
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
+STAGE_PACKS = "stages"
 
 
 @dataclass
@@ -57,6 +59,7 @@ class TrainResult:
     log_file: Path
     seconds: dict[str, float] = field(default_factory=dict)
     records: list[dict] = field(default_factory=list)
+    stage_packs: dict[str, list[Path]] = field(default_factory=dict)  # with `stage_packs`: OUT/stages/<stage>/
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -70,7 +73,7 @@ def prepare(config: TrainConfig) -> Prepared:
     packs = [new_pack(base, c.name, c.class_word, config.num_tokens) for c in config.concepts]
     segmentation = config.segmentation
     concepts = [load_concept(c.name, c.folder, config.min_image_size, segmentation) for c in config.concepts]
-    contrastive = "clif" in config.stages
+    contrastive = "clif" in config.stages or config.contrastive_weight > 0
     towers: list[ImageTower] = []
     if contrastive:
         paths = config.image_encoders or (None,)
@@ -159,6 +162,24 @@ def _restore_tables(tables: ConceptTables, saved: SavedState | None) -> None:
             parameter.copy_(saved.tensors[f"tables.{index}"])
 
 
+def _anchors(tables: ConceptTables, saved: SavedState | None) -> dict[str, torch.Tensor]:
+    """The trust region's centre: the rows as the first diffusion stage begins (restored on resume)."""
+    names = [f"anchor.{index}" for index in range(len(tables.tables))]
+    if saved is not None and all(name in saved.tensors for name in names):
+        return {name: saved.tensors[name].to(tables.tables[0].device) for name in names}
+    return {name: parameter.detach().clone() for name, parameter in zip(names, tables.tables, strict=True)}
+
+
+def _write_packs(base: BaseModel, tables: ConceptTables, lora, folder: Path) -> list[Path]:
+    """Validate and save every concept's pack through `ConceptStore` (a served store sees them at once)."""
+    store = ConceptStore(folder)
+    paths = []
+    for pack in tables.packs(lora):
+        pack.validate_for(base.spec)
+        paths.append(store.save(pack))
+    return paths
+
+
 def train(config: TrainConfig, prepared: Prepared | None = None) -> TrainResult:
     """Run the configured stages and write one pack per concept into `config.out`.
 
@@ -186,6 +207,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> TrainResult:
         config.checkpoint_every, log_file,
     )
     trainables: dict[str, torch.Tensor] = {f"tables.{i}": p for i, p in enumerate(tables.tables)}
+    anchors: dict[str, torch.Tensor] = {}
     result = TrainResult([], log_file)
     reached = STAGES.index(saved.stage) if saved is not None else 0
     for stage_name in config.stages:
@@ -195,26 +217,32 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> TrainResult:
             for parameter in lora_params.values():
                 parameter.data = parameter.data.float()
             trainables.update(lora_params)
+        if stage_name != "clif" and config.anchor_weight > 0 and not anchors:
+            anchors = _anchors(tables, saved if index <= reached else None)
         if index < reached:
             continue
         started = time.perf_counter()
         if stage_name == "clif":
             loss_fn = stage_one_loss(config, prep, text_side)
         else:
-            loss_fn = diffusion_stage_loss(config, prep, text_side, stage_name)
+            loss_fn = regularised(
+                diffusion_stage_loss(config, prep, text_side, stage_name),
+                (config.contrastive_weight, stage_one_loss(config, prep, text_side)) if config.contrastive_weight > 0 else None,
+                (config.anchor_weight, tables, list(anchors.values())) if anchors else None,
+            )
         stage = Stage(stage_name, index, config.steps[stage_name], config.lr[stage_name], dict(trainables), loss_fn)
-        result.records += run_stage(stage, settings, checkpoint, saved, trainables)
+        result.records += run_stage(stage, settings, checkpoint, saved, {**trainables, **anchors})
         result.seconds[stage_name] = round(time.perf_counter() - started, 3)
+        if config.stage_packs:
+            lora = lora_weights(base, config.lora_rank, config.lora_alpha) if stage_name == "lora" else None
+            result.stage_packs[stage_name] = _write_packs(base, tables, lora, out / STAGE_PACKS / stage_name)
     lora = lora_weights(base, config.lora_rank, config.lora_alpha) if "lora" in config.stages else None
-    # Through ConceptStore: when `out` is a served concept store, running servers see the packs.
-    store = ConceptStore(out)
-    for pack in tables.packs(lora):
-        pack.validate_for(base.spec)
-        result.packs.append(store.save(pack))
+    result.packs = _write_packs(base, tables, lora, out)
     summary = {
         "model": config.model, "stages": list(config.stages), "objective": config.objective,
         "steps": {s: config.steps[s] for s in config.stages}, "seconds": result.seconds,
         "packs": [p.name for p in result.packs], "lora_set": lora.set_id if lora is not None else None,
+        "contrastive_weight": config.contrastive_weight, "anchor_weight": config.anchor_weight,
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return result
