@@ -15,6 +15,7 @@ from clif_serve.bench.report import (
     served_bar,
     write_report,
 )
+from clif_serve.bench.load import LoadResult
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.bench.suite import BenchConfig, run_suite, verdict
 
@@ -65,3 +66,11 @@ def test_a_goal_is_met_only_when_every_round_meets_it():
     assert verdict([1.01, 1.07, 1.04], "<=", 1.05) == "unclear"
     assert verdict([1.2, 1.3, 1.1], "<=", 1.05) == "not met"
     assert verdict([0.95, 0.88, 0.91], ">=", 0.9) == "unclear"
+
+
+def test_steady_throughput_leaves_out_the_drain():
+    # Two clients: three requests of 100 ms finished while both were sending, then one of 50 ms alone.
+    result = LoadResult(2, [100.0, 100.0, 100.0, 50.0], wall_s=0.35, finished_s=[0.1, 0.2, 0.3, 0.35], first_client_done_s=0.3)
+    assert result.steady_throughput == 2 * 1000 / 100.0
+    assert abs(result.throughput - 4 / 0.35) < 1e-9
+    assert LoadResult(2).steady_throughput == 0.0
