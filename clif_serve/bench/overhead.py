@@ -10,7 +10,7 @@ come from one run. Per round and variant:
 * the BLS + transport overhead per stage call: the served pipeline's compute per request, less the
   stage requests' whole time at the server (queue + compute) and less the in-process loop's own
   time (its p50 less its stage calls), divided by the stage calls per request;
-* `clients` clients: throughput with all clients naming one concept and each naming its own.
+* `clients` clients: steady throughput (`LoadResult.steady_throughput`) with all clients naming one concept and each naming its own.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _throughput(url: str, config: OverheadConfig, names: Sequence[str], mixed: b
         batches = difference(before, snapshot(client, [UNET]))[UNET]["batches_by_size"]
     if result.failures:
         raise RuntimeError(f"load requests failed: {result.failures[:3]}")
-    return {"throughput_rps": result.throughput, "unet_batches": batches}
+    return {"throughput_rps": result.steady_throughput, "unet_batches": batches}
 
 
 def measure(
