@@ -7,6 +7,7 @@ import json
 
 from PIL import Image
 
+from clif_serve.bench.load import LoadResult
 from clif_serve.bench.report import (
     CONCURRENCY_PLOT,
     JSON_FILE,
@@ -15,7 +16,6 @@ from clif_serve.bench.report import (
     served_bar,
     write_report,
 )
-from clif_serve.bench.load import LoadResult
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.bench.suite import BenchConfig, run_suite, verdict
 
