@@ -9,7 +9,7 @@ come from one run. Per round and variant:
   `compute_infer` per execution) / the in-process call at the same batch and threads;
 * the BLS + transport overhead per stage call: the served pipeline's compute per request, less the
   stage requests' whole time at the server (queue + compute) and less the in-process loop's own
-  time (its p50 less its stage calls), divided by the stage calls per request;
+  time (its mean request less its stage calls), divided by the stage calls per request;
 * `clients` clients: steady throughput (`LoadResult.steady_throughput`) with all clients naming one concept and each naming its own.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from clif_serve.bench.baselines import stand_in_packs
 from clif_serve.bench.load import run_load
-from clif_serve.bench.server_stats import difference, per_pipeline_request, snapshot
+from clif_serve.bench.server_stats import difference, snapshot, stage_call_overheads
 from clif_serve.bench.timed_executor import UNET_STEP, TimedExecutor
 from clif_serve.concepts.create import new_pack
 from clif_serve.concepts.registry import ConceptRegistry
@@ -120,7 +120,7 @@ class _InProcess:
         }
 
 
-def _served_one_client(url: str, config: OverheadConfig, export: ExportFolder) -> dict:
+def _served_one_client(url: str, config: OverheadConfig, export: ExportFolder, reference: dict) -> dict:
     models = [PIPELINE_MODEL, *export.spec.text_encoder_names, UNET, VAE_DECODER]
     request = config.request()
     with ClifClient(url) as client:
@@ -131,18 +131,8 @@ def _served_one_client(url: str, config: OverheadConfig, export: ExportFolder) -
             client.generate(request)
             totals.append((time.perf_counter() - started) * 1000)
         figures = difference(before, snapshot(client, models))
-    per_request = per_pipeline_request(figures)
-    unet = figures[UNET]
-    stage_calls = sum(figures[m]["success_count"] for m in models if m != PIPELINE_MODEL) / config.requests
-    stage_ms = sum(per_request[m]["total"] for m in models if m != PIPELINE_MODEL)
-    return {
-        "p50_ms": _p50(totals),
-        "pipeline_compute_ms": per_request[PIPELINE_MODEL]["compute"],
-        "stage_total_ms": stage_ms,
-        "stage_calls": stage_calls,
-        "unet_compute_per_execution_ms": unet["compute_infer_total_ms"] / max(1, unet["executions"]),
-        "unet_batches": unet["batches_by_size"],
-    }
+    overheads = stage_call_overheads(figures, UNET, reference["unet_call_p50_ms"], reference["loop_ms"])
+    return {"p50_ms": _p50(totals), **overheads, "unet_batches": figures[UNET]["batches_by_size"]}
 
 
 def _throughput(url: str, config: OverheadConfig, names: Sequence[str], mixed: bool) -> dict:
@@ -182,18 +172,16 @@ def measure(
             for variant in variants:
                 url = urls[variant.name]
                 reference = ort[variant.options.models.intra_op_threads]
-                served = _served_one_client(url, config, export)
+                served = _served_one_client(url, config, export, reference)
                 single = _throughput(url, config, names, mixed=False)
                 mixed = _throughput(url, config, names, mixed=True)
-                bls_ms = served["pipeline_compute_ms"] - served["stage_total_ms"] - reference["loop_ms"]
                 row["variants"][variant.name] = {
                     "served": served,
                     "single": single,
                     "mixed": mixed,
                     "served_over_in_process_p50": served["p50_ms"] / reference["p50_ms"],
-                    "unet_compute_over_in_process_call": served["unet_compute_per_execution_ms"]
-                    / reference["unet_call_p50_ms"],
-                    "bls_overhead_per_stage_call_ms": bls_ms / served["stage_calls"],
+                    "unet_compute_over_in_process": served["unet_compute_over_in_process"],
+                    "bls_overhead_per_stage_call_ms": served["bls_overhead_per_stage_call_ms"],
                     "mixed_over_single": mixed["throughput_rps"] / single["throughput_rps"],
                 }
             rounds.append(row)
@@ -207,7 +195,7 @@ def measure(
 
 RATIOS = (
     "served_over_in_process_p50",
-    "unet_compute_over_in_process_call",
+    "unet_compute_over_in_process",
     "bls_overhead_per_stage_call_ms",
     "mixed_over_single",
 )

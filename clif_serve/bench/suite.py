@@ -22,9 +22,9 @@ from tqdm import tqdm
 from clif_serve.bench.baselines import diffusers_pipeline, stand_in_packs
 from clif_serve.bench.environment import describe_environment
 from clif_serve.bench.load import LoadResult, run_load
-from clif_serve.bench.server_stats import difference, per_pipeline_request, snapshot
+from clif_serve.bench.server_stats import difference, per_pipeline_request, snapshot, stage_call_overheads
 from clif_serve.bench.stats import LatencySummary
-from clif_serve.bench.timed_executor import TimedExecutor
+from clif_serve.bench.timed_executor import UNET_STEP, TimedExecutor
 from clif_serve.concepts.create import new_pack
 from clif_serve.concepts.registry import ConceptRegistry
 from clif_serve.contract.folder import ExportFolder
@@ -116,11 +116,19 @@ def end_to_end_rounds(config: BenchConfig, client: ClifClient, base, packs, prog
     rounds, pooled = [], {name: [] for name in runs}
     for _ in range(config.repetitions):
         samples = {name: [] for name in runs}
+        marks = {stage: len(values) for stage, values in executor.samples.items()}
+        round_start = snapshot(client, models)
         for _ in range(config.requests):
             for name, run in runs.items():
                 samples[name].append(_timed(run))
                 progress.tick()
-        rounds.append({name: LatencySummary.of(values).to_dict() for name, values in samples.items()})
+        row = {name: LatencySummary.of(values).to_dict() for name, values in samples.items()}
+        stages = {stage: values[marks.get(stage, 0):] for stage, values in executor.samples.items()}
+        loop_ms = row["ort"]["mean"] - sum(sum(values) for values in stages.values()) / config.requests
+        row["overheads"] = stage_call_overheads(
+            difference(round_start, snapshot(client, models)), UNET, float(statistics.median(stages[UNET_STEP])), loop_ms
+        )
+        rounds.append(row)
         for name, values in samples.items():
             pooled[name] += values
     served_models = difference(before, snapshot(client, models))
@@ -286,6 +294,14 @@ def goals(report: dict) -> list[dict]:
             [r["diffusers"]["p50"] / r["ort"]["p50"] for r in rounds], ">=", 2.0,
         ),
         goal_row("served p50 <= 1.05x in-process ORT p50", [r["served"]["p50"] / r["ort"]["p50"] for r in rounds], "<=", 1.05),
+        goal_row(
+            "served UNet compute per call <= 1.05x the in-process call (same batch)",
+            [r["overheads"]["unet_compute_over_in_process"] for r in rounds], "<=", 1.05,
+        ),
+        goal_row(
+            "BLS + transport overhead per stage call <= 0.5 ms",
+            [r["overheads"]["bls_overhead_per_stage_call_ms"] for r in rounds], "<=", 0.5,
+        ),
         goal_row("hot-load p99 <= 50 ms (send pack -> usable)", [h["add_ms"]["p99"] for h in hot], "<=", 50.0),
         goal_row(
             "0 failed requests while hot-loading",

@@ -52,7 +52,7 @@ def test_suite_measures_everything_and_writes_the_report(served, tiny_export, tm
     assert len(saved["hotload"]) == 3
     for hot in saved["hotload"]:
         assert hot["add_ms"]["count"] == 2 and not hot["first_image_failures"] and hot["background"]["failed"] == 0
-    assert len(saved["goals"]) == 5
+    assert len(saved["goals"]) == 7
     for goal in saved["goals"]:
         assert len(goal["rounds"]) == 3 and goal["min"] <= goal["median"] <= goal["max"]
         assert goal["verdict"] == verdict(goal["rounds"], goal["op"], goal["target"])
