@@ -25,6 +25,7 @@ from pathlib import Path
 from clif_serve.bench.baselines import stand_in_packs
 from clif_serve.bench.load import run_load
 from clif_serve.bench.server_stats import difference, snapshot, stage_call_overheads
+from clif_serve.bench.suite import MIXED_WORDS, PAIR, PROMPT
 from clif_serve.bench.timed_executor import UNET_STEP, TimedExecutor
 from clif_serve.concepts.create import new_pack
 from clif_serve.concepts.registry import ConceptRegistry
@@ -39,11 +40,6 @@ from clif_serve.serving.launcher import Ports, TritonServer
 from clif_serve.serving.options import RepoOptions
 from clif_serve.serving.protocol import PIPELINE_MODEL
 from clif_serve.serving.repository import build_repository
-
-PAIR = (("bench_joe", "person"), ("bench_rex", "dog"))
-PROMPT = "a photo of <bench_joe> and <bench_rex> on the beach"
-MIXED_WORDS = ("person", "dog", "cat", "mug", "car", "cup", "toy", "woman")
-
 
 @dataclass(frozen=True)
 class Variant:
