@@ -41,6 +41,7 @@ from clif_serve.serving.options import RepoOptions
 from clif_serve.serving.protocol import PIPELINE_MODEL
 from clif_serve.serving.repository import build_repository
 
+
 @dataclass(frozen=True)
 class Variant:
     """A named repository setting to serve and measure."""
