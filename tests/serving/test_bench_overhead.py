@@ -24,7 +24,7 @@ def test_summary_takes_median_and_range_of_every_round():
         assert figures[key] == {"median": 2.0, "min": 1.0, "max": 3.0}
     assert figures["single_throughput_rps"] == {"median": 4.0, "min": 2.0, "max": 6.0}
     assert figures["served_p50_ms"]["median"] == 800.0
-    report = {"variants": {"a": Variant("a", RepoOptions()).describe()}, "summary": {"a": figures}}
+    report = {"variants": {"a": Variant("a", RepoOptions(text_encoder_delay_us=2000)).describe()}, "summary": {"a": figures}}
     table = summary_table(report)
     assert table.splitlines()[2].startswith("| a | 4 | 1 | 0 | 2000 | 0 | 800 [400 - 1.2e+03] |")
 
