@@ -41,6 +41,9 @@ from clif_serve.serving.options import RepoOptions
 from clif_serve.serving.protocol import PIPELINE_MODEL
 from clif_serve.serving.repository import build_repository
 
+# Several servers start at once on a shared 2-core machine: their stubs can take minutes.
+START_TIMEOUT_S = 900.0
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -85,7 +88,8 @@ def serve_variants(export: ExportFolder, variants: Sequence[Variant], workdir: P
             folder = workdir / variant.name
             repo = build_repository(export.root, folder / "repo", variant.options, overwrite=True)
             server = TritonServer(repo, Ports.free_on_loopback(), concept_store=folder / "concepts", log_file=folder / "server.log")
-            stack.enter_context(server)
+            stack.callback(server.stop)
+            server.start(timeout_s=START_TIMEOUT_S)
             urls[variant.name] = server.grpc_url
         yield urls
 
