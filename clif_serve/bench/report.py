@@ -78,10 +78,13 @@ def markdown(report: dict) -> str:
     ratios = ", ".join(f"{r:.2f}" for r in mixed["ratio_mixed_over_single"])
     lines += [
         "",
-        f"Mixed concepts: {mixed['clients']} clients, mean throughput mixed {mixed['throughput_rps']['mixed']:.2f} vs single "
-        f"{mixed['throughput_rps']['single']:.2f} req/s (ratio per round {ratios}); executions by "
-        "batch size (samples; 2 per request) in the last mixed round: "
-        + ", ".join(f"{model} {row['batches_by_size']}" for model, row in mixed["server_batches_last_round"]["mixed"].items())
+        f"Mixed concepts: {mixed['clients']} clients, mean steady throughput mixed {mixed['throughput_rps']['mixed']:.2f} vs "
+        f"single {mixed['throughput_rps']['single']:.2f} req/s (ratio per round {ratios}, order alternating); executions "
+        "by batch size (samples; 2 per request) over all rounds: "
+        + "; ".join(
+            f"{kind}: " + ", ".join(f"{model} {sizes}" for model, sizes in mixed["server_batches"][kind].items())
+            for kind in ("single", "mixed")
+        )
         + ".",
     ]
     for index, round_ in enumerate(hot):

@@ -66,3 +66,29 @@ def per_pipeline_request(figures: dict[str, dict], pipeline: str = PIPELINE_MODE
         }
         for model, row in figures.items()
     }
+
+
+def stage_call_overheads(
+    figures: dict[str, dict], unet: str, in_process_unet_ms: float, in_process_loop_ms: float, pipeline: str = PIPELINE_MODEL
+) -> dict[str, float]:
+    """What serving adds per stage call, from one window of one-client requests.
+
+    `unet_compute_over_in_process`: the UNet stage's compute per execution / the in-process UNet
+    call at the same batch. `bls_overhead_per_stage_call_ms`: the pipeline model's compute per
+    request, less its stage requests' whole time at the server (queue + compute) and less the
+    in-process loop's own time per request (`in_process_loop_ms`: the request less its stage
+    calls), divided by the stage calls per request — the BLS round trip and the tensor copies.
+    """
+    requests = figures[pipeline]["success_count"]
+    if not requests:
+        raise ValueError(f"no successful {pipeline} request between the snapshots")
+    stages = [model for model in figures if model != pipeline]
+    calls = sum(figures[model]["success_count"] for model in stages) / requests
+    stage_ms = sum(figures[model]["success_total_ms"] for model in stages) / requests
+    loop_ms = figures[pipeline]["compute_infer_total_ms"] / requests - stage_ms
+    executions = max(1, figures[unet]["executions"])
+    return {
+        "unet_compute_over_in_process": figures[unet]["compute_infer_total_ms"] / executions / in_process_unet_ms,
+        "bls_overhead_per_stage_call_ms": (loop_ms - in_process_loop_ms) / calls,
+        "stage_calls_per_request": calls,
+    }

@@ -54,6 +54,12 @@ class StageRunner:
             raise ValueError("this stage has no LoRA adapters")
         return self.adapter_options(adapter)
 
+    def _batch(self, feeds: Sequence[Feed]) -> Feed:
+        """The group's feeds as one: a lone request's arrays as they are (no copy), else concatenated."""
+        if len(feeds) == 1:
+            return {name: feeds[0][name] for name in self.input_names}
+        return {name: np.concatenate([feed[name] for feed in feeds]) for name in self.input_names}
+
     def run(
         self, feeds: Sequence[Feed], adapters: Sequence[str | None] | None = None
     ) -> list[dict[str, np.ndarray] | Exception]:
@@ -65,7 +71,7 @@ class StageRunner:
         results: list[dict[str, np.ndarray] | Exception] = [None] * len(feeds)  # type: ignore[list-item]
         for (adapter, _), members in groups.items():
             try:
-                batch = {name: np.concatenate([feeds[i][name] for i in members]) for name in self.input_names}
+                batch = self._batch([feeds[i] for i in members])
                 outputs = self.session.run(self.output_names, batch, self._run_options(adapter))
             except Exception as exc:  # reported per request; the stage keeps serving
                 for index in members:

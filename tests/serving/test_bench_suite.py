@@ -7,6 +7,7 @@ import json
 
 from PIL import Image
 
+from clif_serve.bench.load import LoadResult
 from clif_serve.bench.report import (
     CONCURRENCY_PLOT,
     JSON_FILE,
@@ -51,7 +52,7 @@ def test_suite_measures_everything_and_writes_the_report(served, tiny_export, tm
     assert len(saved["hotload"]) == 3
     for hot in saved["hotload"]:
         assert hot["add_ms"]["count"] == 2 and not hot["first_image_failures"] and hot["background"]["failed"] == 0
-    assert len(saved["goals"]) == 5
+    assert len(saved["goals"]) == 7
     for goal in saved["goals"]:
         assert len(goal["rounds"]) == 3 and goal["min"] <= goal["median"] <= goal["max"]
         assert goal["verdict"] == verdict(goal["rounds"], goal["op"], goal["target"])
@@ -65,3 +66,11 @@ def test_a_goal_is_met_only_when_every_round_meets_it():
     assert verdict([1.01, 1.07, 1.04], "<=", 1.05) == "unclear"
     assert verdict([1.2, 1.3, 1.1], "<=", 1.05) == "not met"
     assert verdict([0.95, 0.88, 0.91], ">=", 0.9) == "unclear"
+
+
+def test_steady_throughput_leaves_out_the_drain():
+    # Two clients: three requests of 100 ms finished while both were sending, then one of 50 ms alone.
+    result = LoadResult(2, [100.0, 100.0, 100.0, 50.0], wall_s=0.35, finished_s=[0.1, 0.2, 0.3, 0.35], first_client_done_s=0.3)
+    assert result.steady_throughput == 2 * 1000 / 100.0
+    assert abs(result.throughput - 4 / 0.35) < 1e-9
+    assert LoadResult(2).steady_throughput == 0.0
