@@ -40,6 +40,7 @@ from clif_serve.serving.shm import RegionClaim, claim_regions, remove_stale_regi
 
 PYTRITON_LIBS = "nvidia_pytriton.libs"
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+EXIT_TIMEOUT_S = 90  # seconds tritonserver may take to stop cleanly (--exit-timeout-secs)
 
 
 class ServerNotFoundError(ClifServeError):
@@ -186,6 +187,9 @@ class TritonServer:
             f"--http-port={self.ports.http}",
             f"--metrics-port={self.ports.metrics}",
             "--allow-gpu-metrics=false",
+            # Time to finish in-flight requests and unload the stubs on SIGINT/SIGTERM (Triton's default,
+            # 30 s, is too short for a loaded machine: it then exits 1); `stop` waits longer than this.
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
         ]
         if install.backend_dir is not None:
             args.append(f"--backend-directory={install.backend_dir}")
@@ -267,7 +271,7 @@ class TritonServer:
         errors = [line for line in lines if line.startswith("E") or line.startswith("error")] or lines[-10:]
         return f"; errors in {self.log_file}:\n" + "\n".join(errors[-10:])
 
-    def stop(self, timeout_s: float = 60.0) -> int | None:
+    def stop(self, timeout_s: float = EXIT_TIMEOUT_S + 30.0) -> int | None:
         """Ask the server to stop (SIGINT: it finishes in-flight requests), kill it after `timeout_s`."""
         process, self.process = self.process, None
         code = None
