@@ -8,6 +8,8 @@ single value becomes a torch.export dynamic dimension.
 * `unet`: the diffusers UNet (SDXL adds text_embeds/time_ids), optionally with a LoRA merged;
 * `unet_lora`: the same UNet with peft LoRA layers on every attention projection whose A/B tensors
   are graph inputs (`torch.func.functional_call`), so a LoRA set is an onnxruntime adapter;
+* `unet_bank`: the UNet with a `BankLinear` on every attention projection (`clif_serve.lora.bank`):
+  the per-sample slot index and the stacked factors of every bank slot are graph inputs;
 * `vae_decoder`: `vae.decode` (post_quant_conv included).
 
 Inputs are deterministic (seeded) so an export's parity figures are reproducible.
@@ -28,9 +30,24 @@ from torch.export import Dim as TorchDim
 
 from clif_serve.contract.deployment import Deployment
 from clif_serve.contract.ranges import Range
-from clif_serve.contract.stages import UNET, UNET_LORA, VAE_DECODER, Axis, StageSignature, TensorSpec
+from clif_serve.contract.stages import (
+    UNET,
+    UNET_BANK,
+    UNET_LORA,
+    VAE_DECODER,
+    Axis,
+    StageSignature,
+    TensorSpec,
+)
+from clif_serve.lora.bank import slot_buffers, with_bank
 from clif_serve.lora.math import merge_lora
-from clif_serve.lora.naming import lora_input_names, lora_input_shape
+from clif_serve.lora.naming import (
+    BANK_A_SUFFIX,
+    bank_input_names,
+    bank_input_shape,
+    lora_input_names,
+    lora_input_shape,
+)
 from clif_serve.lora.peft import adapter_parameter
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.concept_text_encoder import ConceptTextEncoder
@@ -82,6 +99,11 @@ class StageTrace:
     def zero_default_inputs(self) -> tuple[str, ...]:
         """Graph inputs that get zero initializers (the LoRA inputs of unet_lora)."""
         return tuple(t.name for t in self.signature.adapter_inputs)
+
+    @property
+    def hidden_inputs(self) -> tuple[str, ...]:
+        """Graph inputs that are no request's fields (LoRA adapter inputs, the LoRA bank)."""
+        return self.zero_default_inputs + tuple(t.name for t in self.signature.bank_inputs)
 
 
 StageBuilder = Callable[[], StageTrace]
@@ -222,10 +244,26 @@ class UNetModule(nn.Module):
             added = {"text_embeds": rest[0], "time_ids": rest[1]}
             rest = rest[2:]
         kwargs = {"encoder_hidden_states": hidden, "added_cond_kwargs": added, "return_dict": False}
-        if not self.lora_params:
+        weights = self.graph_weights(tuple(rest))
+        if not weights:
             return self.unet(sample, timestep, **kwargs)[0]
-        weights = dict(zip(self.lora_params, rest, strict=True))
         return torch.func.functional_call(self.unet, weights, (sample, timestep), kwargs)[0]
+
+    def graph_weights(self, rest: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """Parameter/buffer name -> the graph input that replaces it (the inputs after the UNet's own)."""
+        return dict(zip(self.lora_params, rest, strict=True))
+
+
+class UNetBankModule(UNetModule):
+    """The banked UNet: after the UNet's inputs come `lora_slot [B]` (fed to every BankLinear) and the bank."""
+
+    def __init__(self, unet: nn.Module, sdxl: bool, bank_params: tuple[str, ...], slot_params: tuple[str, ...]):
+        super().__init__(unet, sdxl, bank_params)
+        self.slot_params = slot_params
+
+    def graph_weights(self, rest: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        slot, *bank = rest
+        return dict(zip(self.lora_params, bank, strict=True)) | dict.fromkeys(self.slot_params, slot)
 
 
 def _unet_inputs(signature: StageSignature, sizes: dict, generator: torch.Generator) -> tuple:
@@ -299,6 +337,63 @@ def unet_lora_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
     )
 
 
+def random_bank(spec: ModelSpec, slots: int, rank: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A bank whose slots 1.. hold random factors of decreasing rank (zero-padded, as fills leave them); slot 0 zero."""
+    tensors = []
+    for name in bank_input_names(spec):
+        value = torch.randn(bank_input_shape(spec, name, slots, rank), generator=generator) * 0.2
+        value[0] = 0.0
+        for slot in range(1, slots):
+            used = max(1, rank - slot + 1)
+            if name.endswith(BANK_A_SUFFIX):
+                value[slot, used:, :] = 0.0
+            else:
+                value[slot, :, used:] = 0.0
+        tensors.append(value)
+    return tuple(tensors)
+
+
+def _slots(batch: int, slots: int) -> torch.Tensor:
+    """Every sample a different slot where the bank has enough: 0, 1, ..., wrapping."""
+    return torch.arange(batch, dtype=torch.int64) % slots
+
+
+def unet_bank_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
+    """The UNet with a LoRA bank on every attention projection: slot index and bank tensors as graph inputs."""
+    spec = base.spec
+    signature = deployment.signature(UNET_BANK)
+    slots, rank = deployment.bank_slots, deployment.bank_rank
+    unet = with_bank(base.unet, spec, slots, rank)
+    module = UNetBankModule(unet, spec.kind == "sdxl", bank_input_names(spec), slot_buffers(spec)).eval()
+    unet_inputs = StageSignature(UNET_BANK, signature.inputs[:-1], signature.outputs)
+
+    def make(sizes: dict, generator: torch.Generator, bank: bool = True) -> tuple:
+        head = _unet_inputs(unet_inputs, sizes, generator)
+        batch = head[0].shape[0]
+        if not bank:
+            zeros = tuple(torch.zeros(bank_input_shape(spec, n, slots, rank)) for n in bank_input_names(spec))
+            return (*head, torch.zeros(batch, dtype=torch.int64), *zeros)
+        return (*head, _slots(batch, slots), *random_bank(spec, slots, rank, generator))
+
+    (_, opt), (_, low) = _image_points(deployment)
+    mixed = dict(low, batch=min(deployment.batch.max, max(3, low["batch"])))
+    names = tuple(t.name for t in signature.traced_inputs)
+    cases = []
+    for seed, (label, sizes, bank) in enumerate(
+        [("empty bank, slot 0", opt, False), (f"random bank, {mixed['batch']} samples in slots 0, 1, 2..", mixed, True)]
+    ):
+        args = make(sizes, torch.Generator().manual_seed(seed), bank)
+        cases.append(ParityCase(label, args, _feed(names, args)))
+    return StageTrace(
+        signature=signature,
+        module=module,
+        example=make(opt, torch.Generator().manual_seed(99)),
+        dynamic_shapes=dynamic_shapes(signature, deployment),
+        cases=tuple(cases),
+        record_extra={"bank_inputs": list(bank_input_names(spec)), "bank_slots": slots, "bank_rank": rank},
+    )
+
+
 class VaeDecoderModule(nn.Module):
     """`vae.decode`: scaled latents -> images in about [-1, 1] (post_quant_conv included)."""
 
@@ -338,5 +433,6 @@ def stage_builders(
     }
     builders[UNET] = partial(unet_trace, base, deployment, merged)
     builders[UNET_LORA] = partial(unet_lora_trace, base, deployment)
+    builders[UNET_BANK] = partial(unet_bank_trace, base, deployment)
     builders[VAE_DECODER] = partial(vae_decoder_trace, base, deployment)
     return [(name, builders[name]) for name in deployment.stages]

@@ -24,7 +24,7 @@ from clif_serve.errors import InputError
 from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
-from clif_serve.serving.signatures import LORA_ID_INPUT
+from clif_serve.serving.signatures import LORA_ID_INPUT, request_tensors
 
 # (model name, inputs by name, output names) -> outputs by name
 StageCall = Callable[[str, Mapping[str, np.ndarray], tuple[str, ...]], Mapping[str, np.ndarray]]
@@ -87,7 +87,7 @@ class TritonExecutor(Executor):
         values = [sample, timestep.reshape(-1, 1), encoder_hidden_states]
         if self.spec.kind == "sdxl":
             values += [text_embeds, time_ids]
-        names = self.deployment.signature(route.stage).input_names
+        names = [tensor.name for tensor in request_tensors(self.deployment, route.stage)]
         feed = {name: _array(value) for name, value in zip(names, values, strict=True)}
         if route.adapter is not None:
             feed[LORA_ID_INPUT] = np.array([[route.adapter.encode()]] * sample.shape[0], dtype=np.object_)
