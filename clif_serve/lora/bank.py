@@ -65,9 +65,13 @@ class BankLinear(nn.Module):
         return out + delta.reshape(out.shape)
 
 
-def with_bank(unet: nn.Module, spec: ModelSpec, slots: int, rank: int) -> nn.Module:
-    """A copy of `unet` whose LoRA target modules are `BankLinear`s of `slots` slots of rank `rank`."""
-    banked = copy.deepcopy(unet)
+def with_bank(unet: nn.Module, spec: ModelSpec, slots: int, rank: int, share_weights: bool = False) -> nn.Module:
+    """A copy of `unet` whose LoRA target modules are `BankLinear`s of `slots` slots of rank `rank`.
+
+    `share_weights`: the copy uses the same parameter tensors as `unet` (no second set of weights).
+    """
+    memo = {id(parameter): parameter for parameter in unet.parameters()} if share_weights else None
+    banked = copy.deepcopy(unet, memo)
     for module in sorted(spec.lora_targets):
         parent_name, _, child = module.rpartition(".")
         parent = banked.get_submodule(parent_name) if parent_name else banked

@@ -47,7 +47,7 @@ def bank_server(tiny_bank_export, tmp_path_factory):
 
 
 def _stats(client: ClifClient, model: str) -> dict[int, int]:
-    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in client.statistics(model)["batch_stats"]}
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in client.statistics(model).get("batch_stats", [])}
 
 
 def _request(name: str) -> GenerationRequest:
