@@ -7,6 +7,9 @@
    overhead computed (floating-point operations counted by `torch.utils.flop_counter` for the
    plain and the banked UNet, rank 16) and measured (one step each). GPU users can scale the
    computed figure; on a GPU the gathers and small batched matmuls cost more than their FLOPs.
+3. served (`--served`): a real tritonserver on the tiny-bank export, 8 closed-loop clients with 8
+   different LoRA sets vs 8 clients all with one LoRA set (throughput; goal >= 0.9x), with
+   unet_bank's executions by batch size from Triton's statistics.
 
 Rounds are interleaved (one call of each variant per round), medians reported, ratios within the
 run. Run under the machine-wide lock (it measures speed and SD1.5 needs ~4 GiB):
@@ -162,6 +165,59 @@ def sd15_torch(rounds: int, warmup: int, rank: int = 16, slots: int = 9) -> dict
     }
 
 
+def served_throughput(export_dir: Path, requests_per_client: int, steps: int) -> dict:
+    """8 clients x 8 LoRA sets vs 8 clients x 1 set on a served tiny-bank export (alternating phases)."""
+    from dataclasses import replace
+
+    from clif_serve.bench.load import run_load
+    from clif_serve.concepts.create import new_pack
+    from clif_serve.models.loading import load_base_model
+    from clif_serve.runtime.request import GenerationRequest
+    from clif_serve.serving.client import ClifClient
+    from clif_serve.serving.launcher import Ports, TritonServer
+    from clif_serve.serving.options import RepoOptions
+    from clif_serve.serving.repository import build_repository
+
+    base = load_base_model("tiny")
+    rank = open_export(export_dir).deployment.bank_rank
+    names = [f"set{i}" for i in range(8)]
+    packs = [replace(new_pack(base, name, "dog"), lora=_random_lora(base.spec.lora_targets, rank, 100 + i)) for i, name in enumerate(names)]
+    with tempfile.TemporaryDirectory() as tmp:
+        options = RepoOptions(pipeline_instances=8, text_encoder_delay_us=20_000, unet_delay_us=4_000)
+        repo = build_repository(export_dir, Path(tmp) / "repo", options)
+        server = TritonServer(repo, Ports.free_on_loopback(), concept_store=Path(tmp) / "store", log_file=Path(tmp) / "log")
+        server.start(timeout_s=300)
+        try:
+            with ClifClient(server.grpc_url) as client:
+                for pack in packs:
+                    client.add_concept(pack)
+                phases = {
+                    "8 clients, 8 LoRA sets": lambda i, n: GenerationRequest(f"a photo of <{names[i]}>", steps=steps, seed=n),
+                    "8 clients, 1 LoRA set": lambda i, n: GenerationRequest(f"a photo of <{names[0]}>", steps=steps, seed=n),
+                }
+                run_load(server.grpc_url, 8, phases["8 clients, 1 LoRA set"], 1, 300)  # warm-up
+                results = {name: [] for name in phases}
+                for _ in range(2):  # alternate the phases so load from other processes hits both
+                    for name, make in phases.items():
+                        before = client.statistics("unet_bank").get("batch_stats", [])
+                        load = run_load(server.grpc_url, 8, make, requests_per_client, 900)
+                        after = client.statistics("unet_bank").get("batch_stats", [])
+                        counts = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in after}
+                        for b in before:
+                            counts[int(b["batch_size"])] -= int(b["compute_infer"]["count"])
+                        results[name].append({**load.to_dict(), "unet_bank_executions_by_batch": counts})
+        finally:
+            server.stop()
+    throughput = {name: statistics.median(r["throughput_rps"] for r in runs) for name, runs in results.items()}
+    return {
+        "steps": steps,
+        "requests_per_client": requests_per_client,
+        "runs": results,
+        "throughput_rps": throughput,
+        "ratio_8_sets_over_1": round(throughput["8 clients, 8 LoRA sets"] / throughput["8 clients, 1 LoRA set"], 3),
+    }
+
+
 def markdown(report: dict) -> str:
     tiny = report["tiny_ort"]
     lines = [
@@ -193,6 +249,22 @@ def markdown(report: dict) -> str:
             f"* measured: {sd15['median_ms']['merged (plain) UNet']} ms vs {sd15['median_ms']['bank UNet']} ms: "
             f"{sd15['measured_ratio']}x",
         ]
+    served = report.get("served")
+    if served:
+        lines += [
+            "",
+            f"## served tiny-bank, 8 closed-loop clients, {served['steps']} steps per request",
+            "",
+            "| phase | throughput (req/s, median of runs) | unet_bank executions by batch size (last run) |",
+            "|---|---|---|",
+            *[
+                f"| {name} | {served['throughput_rps'][name]:.3f} | {runs[-1]['unet_bank_executions_by_batch']} |"
+                for name, runs in served["runs"].items()
+            ],
+            "",
+            f"Ratio 8 sets / 1 set: {served['ratio_8_sets_over_1']}x (goal >= 0.9x: "
+            f"{'met' if served['ratio_8_sets_over_1'] >= 0.9 else 'NOT met'}).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -203,16 +275,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--sd15-rounds", type=int, default=3)
     parser.add_argument("--skip-sd15", action="store_true")
+    parser.add_argument("--served", action="store_true", help="also the served 8-client throughput (needs --export)")
+    parser.add_argument("--served-requests", type=int, default=3, help="requests per client per phase")
+    parser.add_argument("--served-steps", type=int, default=8)
     args = parser.parse_args(argv)
     report = {"environment": describe_environment(), "tiny_ort": tiny_ort(args.export, args.rounds, args.warmup)}
-    print(json.dumps(report["tiny_ort"], indent=1))
+    _write(report)
     if not args.skip_sd15:
         report["sd15_torch"] = sd15_torch(args.sd15_rounds, 1)
-        print(json.dumps(report["sd15_torch"], indent=1))
+        _write(report)
+    if args.served:
+        report["served"] = served_throughput(args.export, args.served_requests, args.served_steps)
+        _write(report)
+    return 0
+
+
+def _write(report: dict) -> None:
+    """Write what is measured so far (each part takes minutes)."""
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "lora_bank.json").write_text(json.dumps(report, indent=1) + "\n")
     (RESULTS / "lora_bank.md").write_text(markdown(report))
-    return 0
+    print(markdown(report), flush=True)
 
 
 if __name__ == "__main__":
