@@ -94,3 +94,14 @@ def test_requests_of_different_lora_sets_share_unet_bank_executions(bank_server,
         for image in results[name]:
             assert int(np.abs(image.astype(int) - alone[name].astype(int)).max()) <= 1
     assert _stats(client, "unet") == plain_before, "requests with a LoRA set never run on the plain unet"
+
+
+def test_repository_serves_the_bank_on_the_python_backend_only(tiny_bank_export, tmp_path):
+    from clif_serve.serving.configs import read_config
+
+    repo = build_repository(tiny_bank_export.root, tmp_path / "python", RepoOptions())
+    inputs = {i.name: i.optional for i in read_config(repo / "unet_bank" / "config.pbtxt").input}
+    assert "lora_slot" not in inputs and inputs["lora_id"] is True, "requests name their set; the stage picks slots"
+    assert not any(".lora_bank_" in name for name in inputs), "the bank stays in the stage model"
+    native = build_repository(tiny_bank_export.root, tmp_path / "native", RepoOptions(backend="onnxruntime"))
+    assert not (native / "unet_bank").exists(), "a native backend cannot keep a resident bank"
