@@ -159,6 +159,8 @@ class OrtExecutor(Executor):
         return lora_id
 
     def release_lora(self, lora_id: str | None) -> None:
+        if lora_id is None:
+            return
         route = self.routing.route(lora_id)
         if route.adapter is None:
             return
