@@ -67,6 +67,19 @@ CLIP_G_TEXT = dict(
     pad_token_id=0,
 )
 
+# openai/clip-vit-large-patch14 vision tower: the frozen image side of CLIF training for SD1.5,
+# whose text encoder is this CLIP's text tower (pooled width 768 -> projection 768).
+CLIP_L_VISION = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_attention_heads=16,
+    num_hidden_layers=24,
+    image_size=224,
+    patch_size=14,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
+
 SD_VAE = dict(
     block_out_channels=(128, 256, 512, 512),
     down_block_types=("DownEncoderBlock2D",) * 4,

@@ -50,8 +50,12 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=True,
     )
-    print(f"{'stage':<16} {'export s':>9} {'max |ORT - PyTorch|':>20}")
+    print(f"{'stage':<16} {'export s':>9} {'max |ORT - PyTorch|':>20} {'relative':>9} {'tolerance':>9}")
     for name, stage in folder.manifest["stages"].items():
-        print(f"{name:<16} {stage['export_seconds']:>9.1f} {stage['parity']['max_abs_diff']:>20.3g}")
+        parity = stage["parity"]
+        print(
+            f"{name:<16} {stage['export_seconds']:>9.1f} {parity['max_abs_diff']:>20.3g} "
+            f"{parity['max_rel_diff']:>9.2g} {parity['tolerance']:>9.2g}"
+        )
     print(folder.root)
     return 0

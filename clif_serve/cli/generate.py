@@ -44,8 +44,20 @@ def run(args: argparse.Namespace) -> int:
 
     pipeline = torch_pipeline(args.model, [read_pack(path) for path in args.concept])
     request = request_from_args(args)
-    with tqdm(total=args.steps, desc="denoising", unit="step") as bar:
-        images = pipeline.generate(request, on_step=lambda done, total: bar.update(1))
+    bars = []
+
+    def on_step(done: int, total: int) -> None:
+        # Opened at the first step (a refused request shows none), with the scheduler's count of UNet
+        # calls as its total (PNDM runs steps + 1), not the requested steps.
+        if not bars:
+            bars.append(tqdm(total=total, desc="denoising", unit="step"))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        images = pipeline.generate(request, on_step=on_step)
+    finally:
+        for bar in bars:
+            bar.close()
     for path in save_pngs(to_uint8(images), args.output):
         print(path)
     return 0

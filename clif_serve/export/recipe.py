@@ -6,7 +6,9 @@ concept-table rows, the LoRA ranks of `unet_lora`, the UNet variants to emit, th
 and the TensorRT build (precision, workspace, optimisation profiles, whether the UNet engine is
 refittable) and, with the UNet variant `bank`, the LoRA bank of `unet_bank` (`lora_bank = { sets,
 rank }`: how many LoRA sets are resident at once, and the rank every set is zero-padded to; the
-bank holds `sets + 1` slots, slot 0 being no LoRA). Ranges are `{min, opt, max}`; `opt` is what TensorRT tunes for. `batch` counts
+bank holds `sets + 1` slots, slot 0 being no LoRA). Without `parity_tolerance` each stage's
+tolerance is derived from float32 rounding at its size (`clif_serve.export.parity`). Ranges are
+`{min, opt, max}`; `opt` is what TensorRT tunes for. `batch` counts
 samples per network call: with classifier-free guidance the UNet sees two per image.
 """
 
@@ -77,7 +79,7 @@ class Recipe:
     opset: int
     precision: str
     unet_variants: tuple[str, ...]
-    parity_tolerance: float
+    parity_tolerance: float | None  # None: derived per stage and size (clif_serve.export.parity)
     batch: Range
     height: Range
     width: Range
@@ -214,8 +216,8 @@ def recipe_from_dict(data: dict, name: str) -> Recipe:
     opset = data.get("opset", 18)
     if not isinstance(opset, int) or not 17 <= opset <= 23:
         raise InputError("opset", f"must be an integer in [17, 23], got {opset!r}")
-    tolerance = data.get("parity_tolerance", 1e-3)
-    if not isinstance(tolerance, int | float) or not 0 < tolerance < 1:
+    tolerance = data.get("parity_tolerance")
+    if tolerance is not None and (not isinstance(tolerance, int | float) or not 0 < tolerance < 1):
         raise InputError("parity_tolerance", f"must be a number in (0, 1), got {tolerance!r}")
     batch = _range(data, "batch")
     if batch.max < 2:
@@ -226,7 +228,7 @@ def recipe_from_dict(data: dict, name: str) -> Recipe:
         opset=opset,
         precision=_choice(data, "precision", ONNX_PRECISIONS, "fp32"),
         unet_variants=variants,
-        parity_tolerance=float(tolerance),
+        parity_tolerance=None if tolerance is None else float(tolerance),
         batch=batch,
         height=height,
         width=width,

@@ -18,6 +18,7 @@ Inputs are deterministic (seeded) so an export's parity figures are reproducible
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +44,8 @@ from clif_serve.lora.bank import slot_buffers, with_bank
 from clif_serve.lora.math import merge_lora
 from clif_serve.lora.naming import (
     BANK_A_SUFFIX,
+    LORA_A_SUFFIX,
+    LORA_B_SUFFIX,
     bank_input_names,
     bank_input_shape,
     lora_input_names,
@@ -295,18 +298,48 @@ def unet_trace(base: BaseModel, deployment: Deployment, merged: LoraWeights | No
     )
 
 
-def _random_lora(spec: ModelSpec, rank: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    return tuple(
-        torch.randn(lora_input_shape(spec, name, rank), generator=generator) * 0.2
-        for name in lora_input_names(spec)
-    )
+# Each parity LoRA update B @ A gets this fraction of its base weight's Frobenius norm.
+PARITY_LORA_RELATIVE_NORM = 0.1
+
+
+def parity_lora(unet: nn.Module, spec: ModelSpec, rank: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """LoRA A/B inputs of realistic magnitude for a parity case, in `lora_input_names(spec)` order.
+
+    A is drawn as peft initialises it (kaiming-uniform: U(-1/sqrt(in), 1/sqrt(in))); B is random
+    and scaled so that every module's update B @ A is PARITY_LORA_RELATIVE_NORM (10 %) of the
+    Frobenius norm of the weight it adapts. That moves the UNet's output far beyond the parity
+    tolerance (a LoRA input bound to the wrong place or scaled wrongly is caught), yet keeps the
+    network where trained LoRAs keep it, a small relative change of each weight. Random factors of
+    a fixed size do not: at full width they made the updates 5-10x the base weights and the UNet
+    chaotic, so fp32 rounding alone moved its output by O(1) and no export could pass.
+    """
+    layers = dict(unet.named_modules())
+    tensors = {}
+    for module in sorted(spec.lora_targets):
+        weight = layers[module].weight.detach().to(torch.float32)
+        out_features, in_features = weight.shape
+        bound = 1.0 / math.sqrt(in_features)
+        down = (torch.rand(rank, in_features, generator=generator) * 2 - 1) * bound
+        up = torch.randn(out_features, rank, generator=generator)
+        up *= PARITY_LORA_RELATIVE_NORM * torch.linalg.matrix_norm(weight) / torch.linalg.matrix_norm(up @ down)
+        tensors[module + LORA_A_SUFFIX], tensors[module + LORA_B_SUFFIX] = down, up
+    return tuple(tensors[name] for name in lora_input_names(spec))
+
+
+def sharing_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module`'s structure that shares its parameters and buffers (no weight is copied).
+
+    Adding peft LoRA layers to the copy wraps the copy's Linear modules and leaves `module` as it was.
+    """
+    memo = {id(tensor): tensor for tensor in (*module.parameters(), *module.buffers())}
+    return copy.deepcopy(module, memo)
 
 
 def unet_lora_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
     """The UNet with every attention projection's LoRA A/B as (zero-initialised) graph inputs."""
     spec = base.spec
     signature = deployment.signature(UNET_LORA)
-    unet = copy.deepcopy(base.unet)
+    unet = sharing_copy(base.unet)
     # alpha == r: peft's scale alpha/r is traced as the constant 1, so adapters carry scale * B.
     unet.add_adapter(
         LoraConfig(r=_TRACE_RANK, lora_alpha=_TRACE_RANK, target_modules=sorted(spec.lora_targets)), _ADAPTER
@@ -319,7 +352,7 @@ def unet_lora_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
     (_, opt), (_, low) = _image_points(deployment)
     plain = _unet_inputs(signature, opt, torch.Generator().manual_seed(0))
     with_lora = _unet_inputs(signature, low, torch.Generator().manual_seed(1))
-    lora = _random_lora(spec, deployment.lora_rank.opt, torch.Generator().manual_seed(2))
+    lora = parity_lora(base.unet, spec, deployment.lora_rank.opt, torch.Generator().manual_seed(2))
     all_names = signature.input_names + lora_names
     cases = (
         ParityCase("no adapter (zero initializers)", plain + zeros, _feed(signature.input_names, plain)),
@@ -330,27 +363,30 @@ def unet_lora_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
         signature=signature,
         module=module,
         example=_unet_inputs(signature, opt, torch.Generator().manual_seed(99))
-        + _random_lora(spec, example_rank, torch.Generator().manual_seed(98)),
+        + parity_lora(base.unet, spec, example_rank, torch.Generator().manual_seed(98)),
         dynamic_shapes=dynamic_shapes(signature, deployment),
         cases=cases,
         record_extra={"lora_inputs": list(lora_names), "lora_scale_in_graph": 1.0},
     )
 
 
-def random_bank(spec: ModelSpec, slots: int, rank: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """A bank whose slots 1.. hold random factors of decreasing rank (zero-padded, as fills leave them); slot 0 zero."""
-    tensors = []
-    for name in bank_input_names(spec):
-        value = torch.randn(bank_input_shape(spec, name, slots, rank), generator=generator) * 0.2
-        value[0] = 0.0
-        for slot in range(1, slots):
-            used = max(1, rank - slot + 1)
+def random_bank(
+    unet: nn.Module, spec: ModelSpec, slots: int, rank: int, generator: torch.Generator
+) -> tuple[torch.Tensor, ...]:
+    """A bank (in `bank_input_names` order) whose slot s >= 1 holds a `parity_lora` of rank
+    max(1, rank - s + 1), zero-padded to `rank` as fills leave it; slot 0 is zero."""
+    bank = {name: torch.zeros(bank_input_shape(spec, name, slots, rank)) for name in bank_input_names(spec)}
+    lora_names = lora_input_names(spec)
+    for slot in range(1, slots):
+        used = max(1, rank - slot + 1)
+        factors = dict(zip(lora_names, parity_lora(unet, spec, used, generator), strict=True))
+        for name, value in bank.items():
+            module = name.rsplit(".lora_bank_", 1)[0]
             if name.endswith(BANK_A_SUFFIX):
-                value[slot, used:, :] = 0.0
+                value[slot, :used, :] = factors[module + LORA_A_SUFFIX]
             else:
-                value[slot, :, used:] = 0.0
-        tensors.append(value)
-    return tuple(tensors)
+                value[slot, :, :used] = factors[module + LORA_B_SUFFIX]
+    return tuple(bank.values())
 
 
 def _slots(batch: int, slots: int) -> torch.Tensor:
@@ -363,7 +399,7 @@ def unet_bank_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
     spec = base.spec
     signature = deployment.signature(UNET_BANK)
     slots, rank = deployment.bank_slots, deployment.bank_rank
-    unet = with_bank(base.unet, spec, slots, rank)
+    unet = with_bank(base.unet, spec, slots, rank, share_weights=True)
     module = UNetBankModule(unet, spec.kind == "sdxl", bank_input_names(spec), slot_buffers(spec)).eval()
     unet_inputs = StageSignature(UNET_BANK, signature.inputs[:-1], signature.outputs)
 
@@ -373,7 +409,7 @@ def unet_bank_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
         if not bank:
             zeros = tuple(torch.zeros(bank_input_shape(spec, n, slots, rank)) for n in bank_input_names(spec))
             return (*head, torch.zeros(batch, dtype=torch.int64), *zeros)
-        return (*head, _slots(batch, slots), *random_bank(spec, slots, rank, generator))
+        return (*head, _slots(batch, slots), *random_bank(base.unet, spec, slots, rank, generator))
 
     (_, opt), (_, low) = _image_points(deployment)
     mixed = dict(low, batch=min(deployment.batch.max, max(3, low["batch"])))

@@ -70,7 +70,7 @@ def with_bank(unet: nn.Module, spec: ModelSpec, slots: int, rank: int, share_wei
 
     `share_weights`: the copy uses the same parameter tensors as `unet` (no second set of weights).
     """
-    memo = {id(parameter): parameter for parameter in unet.parameters()} if share_weights else None
+    memo = {id(t): t for t in (*unet.parameters(), *unet.buffers())} if share_weights else None
     banked = copy.deepcopy(unet, memo)
     for module in sorted(spec.lora_targets):
         parent_name, _, child = module.rpartition(".")

@@ -2,18 +2,24 @@
 
 Only local folders are read (`local_files_only=True`); nothing is ever fetched from a hub.
 A folder is checked for the SD1.5 or SDXL layout first, and an incomplete one is refused with
-the list of what is missing.
+the list of what is missing. A component holding only variant weights (`*.fp16.safetensors`, as
+checkpoints are often shipped) is loaded with diffusers'/transformers' `variant`, and cast to the
+requested dtype. A component that still cannot be loaded (a corrupt or truncated file, a config
+that does not fit the weights) raises ModelFolderError naming it, in one line.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
+from safetensors import SafetensorError, safe_open
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
@@ -23,6 +29,10 @@ from clif_serve.models.tiny import EMBEDDED_MODELS, embedded_model_dir
 
 LORA_TARGET_SUFFIXES = ("to_q", "to_k", "to_v", "to_out.0")
 _WEIGHT_FILES = ("*.safetensors", "*.bin")
+# Weight files as diffusers and transformers name them: `<name>[.<variant>][-0000k-of-0000n].<ext>`.
+_WEIGHT_FILE = re.compile(r"(?:model|diffusion_pytorch_model)(?:\.(\w+))?(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin)")
+# Among variant-only components, the variant to load when there are several.
+_PREFERRED_VARIANTS = ("fp16", "bf16")
 _COMMON = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
 _SDXL_EXTRA = ("text_encoder_2", "tokenizer_2")
 
@@ -49,6 +59,64 @@ def resolve_model_dir(model: str | Path) -> Path:
             f"model {str(model)!r}: no such folder (give 'tiny', 'tiny-xl' or a local diffusers folder)"
         )
     return path
+
+
+def weight_variant(folder: Path) -> str | None:
+    """The variant to load a component folder with: None when it has plain weight files, else e.g. 'fp16'."""
+    variants = {match.group(1) for p in folder.iterdir() if (match := _WEIGHT_FILE.fullmatch(p.name))}
+    if None in variants or not variants:
+        return None
+    for preferred in _PREFERRED_VARIANTS:
+        if preferred in variants:
+            return preferred
+    return sorted(variants)[0]
+
+
+def _unloadable(path: Path, component: str, exc: Exception) -> ModelFolderError:
+    """A one-line error naming the component that could not be loaded and why."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    return ModelFolderError(f"{path / component}: cannot be loaded ({reason})")
+
+
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, SafetensorError, json.JSONDecodeError)
+
+
+def _load_component(path: Path, component: str, load, **options):
+    """`load(folder, **options)` for one component (local files only, the folder's weight variant);
+    its errors become one-line ModelFolderErrors."""
+    folder = path / component
+    try:
+        if (folder / "config.json").is_file():  # a model (tokenizers have no weights, so no variant)
+            options["variant"] = weight_variant(folder)
+        return load(folder, local_files_only=True, **options)
+    except _LOAD_ERRORS as exc:
+        raise _unloadable(path, component, exc) from exc
+
+
+def component_weight_bytes(path: Path) -> dict[str, int]:
+    """Bytes each component's weights take once loaded in float32, read from the safetensors headers
+    (nothing else is read; a `.bin` file counts its size on disk)."""
+    sizes = {}
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        files = [p for p in folder.iterdir() if _WEIGHT_FILE.fullmatch(p.name)]
+        variant = weight_variant(folder) if files else None
+        total = 0
+        for file in files:
+            if _WEIGHT_FILE.fullmatch(file.name).group(1) != variant:
+                continue
+            if file.suffix == ".bin":
+                total += file.stat().st_size
+                continue
+            try:
+                with safe_open(str(file), framework="pt") as weights:
+                    total += 4 * sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
+            except (OSError, SafetensorError) as exc:
+                raise _unloadable(path, folder.name, exc) from exc
+        if total:
+            sizes[folder.name] = total
+    return sizes
 
 
 def _missing_files(folder: Path, component: str) -> list[str]:
@@ -131,15 +199,18 @@ def load_base_model(
     diffusers_logging.disable_progress_bar()
     names = ("text_encoder",) if kind == "sd15" else ("text_encoder", "text_encoder_2")
     tokenizer_dirs = ("tokenizer",) if kind == "sd15" else ("tokenizer", "tokenizer_2")
-    tokenizers = tuple(CLIPTokenizer.from_pretrained(path / sub, local_files_only=True) for sub in tokenizer_dirs)
+    tokenizers = tuple(_load_component(path, sub, CLIPTokenizer.from_pretrained) for sub in tokenizer_dirs)
     encoder_classes = (CLIPTextModel, CLIPTextModelWithProjection)
     text_encoders = tuple(
-        encoder_classes[i if kind == "sdxl" else 0].from_pretrained(path / name, local_files_only=True, dtype=dtype)
+        _load_component(path, name, encoder_classes[i if kind == "sdxl" else 0].from_pretrained, dtype=dtype)
         for i, name in enumerate(names)
     )
-    unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True, torch_dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True, torch_dtype=dtype)
-    scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    unet = _load_component(path, "unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype)
+    vae = _load_component(path, "vae", AutoencoderKL.from_pretrained, torch_dtype=dtype)
+    try:
+        scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise _unloadable(path, "scheduler", exc) from exc
     for module in (*text_encoders, unet, vae):
         module.to(device=device).eval().requires_grad_(False)
     vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)

@@ -1,10 +1,12 @@
 """API keys of a served deployment: where they come from, what they guard, how a client sends them.
 
 Two keys. The inference key guards generation and `concepts list` (Triton's `inference`,
-`metadata` and `statistics` APIs, every model included). The admin key guards concept add and
-remove (checked by `clif_concepts` itself: a Python-backend model sees request parameters, not
-headers) and Triton's management APIs (`model-config`, `model-repository`, `shared-memory`,
-`trace`, `logging`); without an admin key those are closed to everybody. Health
+`metadata`, `model-config` and `statistics` APIs, every model included: a client reads the
+published request defaults and limits from the model config, which Triton cannot change over the
+API). The admin key guards concept add and remove (checked by `clif_concepts` itself: a
+Python-backend model sees request parameters, not headers) and Triton's management APIs
+(`model-repository`, `shared-memory`, `trace`, `logging`); without an admin key those are closed
+to everybody. Health
 (`/v2/health/live`, `/v2/health/ready`, gRPC ServerLive/ServerReady and grpc.health.v1) is never
 restricted, so probes need no key; the metrics port is Triton's and not restricted either.
 
@@ -57,8 +59,8 @@ ADMIN_KEY_PARAMETER = "clif_admin_key"
 ADMIN_ACTIONS = (ACTION_ADD, ACTION_REMOVE)
 
 # Triton API groups (--grpc-restricted-protocol / --http-restricted-api categories); `health` stays open.
-INFERENCE_APIS = ("inference", "metadata", "statistics")
-ADMIN_APIS = ("model-config", "model-repository", "shared-memory", "trace", "logging")
+INFERENCE_APIS = ("inference", "metadata", "model-config", "statistics")
+ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
 
 # Printable, no separators Triton's option parser or an HTTP header could trip on.
 KEY_PATTERN = re.compile(r"[A-Za-z0-9._~+/-]{16,256}")

@@ -64,9 +64,9 @@ def test_unusable_keys_are_refused_naming_the_option(tmp_path, text, message):
 
 def test_tritonserver_is_told_to_restrict_its_apis():
     args = ServerKeys(INFERENCE, ADMIN).triton_args()
-    assert f"--grpc-restricted-protocol=inference,metadata,statistics:clif-api-key={INFERENCE}" in args
-    assert f"--http-restricted-api=inference,metadata,statistics:clif-api-key={INFERENCE}" in args
-    management = "model-config,model-repository,shared-memory,trace,logging:clif-admin-key="
+    assert f"--grpc-restricted-protocol=inference,metadata,model-config,statistics:clif-api-key={INFERENCE}" in args
+    assert f"--http-restricted-api=inference,metadata,model-config,statistics:clif-api-key={INFERENCE}" in args
+    management = "model-repository,shared-memory,trace,logging:clif-admin-key="
     assert f"--grpc-restricted-protocol={management}{ADMIN}" in args
     assert not any("health" in arg for arg in args), "probes need no key"
     # Without keys inference stays open and management is closed by a value nobody holds.

@@ -95,11 +95,12 @@ def test_management_is_closed_to_everybody_but_probes_are_open(keyed, tmp_path):
             (raw.register_system_shared_memory, ("region", "/triton_python_backend_shm_region_x", 1024)),
             (raw.update_log_settings, ({"log_verbose_level": 1},)),
             (raw.update_trace_settings, (None, {"trace_level": ["TIMESTAMPS"]})),
-            (raw.get_model_config, ("clif_concepts",)),
         ):
             for headers in (None, API):
                 assert "expecting header 'triton-grpc-protocol-clif-admin-key'" in _refused(call, *args, headers=headers)
-        raw.get_model_config("clif_concepts", headers=ADMIN_HEADERS)  # the admin may read configs
+        # Configs are read-only over the API and publish the request defaults and limits: the inference key reads them.
+        assert "expecting header 'triton-grpc-protocol-clif-api-key'" in _refused(raw.get_model_config, "clif_pipeline")
+        assert raw.get_model_config("clif_pipeline", headers=API).config.name == "clif_pipeline"
         assert raw.is_server_ready() and raw.is_server_live()  # gRPC health: no key
         assert raw.is_model_ready("clif_pipeline", headers=API)
     assert not marker.exists(), "no client-supplied code ran"

@@ -132,7 +132,7 @@ def test_kill_during_a_hot_load(point, committed, tiny_base, packs, tmp_path):
     if not committed:
         assert ConceptStore(store).version() == version
     retry = restarted.handle("add", pack=pack_to_bytes(packs["kim"]))  # the client retries its add
-    assert retry["changed"] is not committed and [c["name"] for c in retry["concepts"]] == ["joe", "kim"]
+    assert retry.changed is not committed and [c.name for c in retry.concepts] == ["joe", "kim"]
     _check_restarted(store, {"joe": packs["joe"], "kim": packs["kim"]})
 
 
@@ -144,4 +144,4 @@ def test_kill_during_a_removal(tiny_base, packs, tmp_path):
     _kill_at(store, "after-unlink:kim.safetensors", "delete:kim", tmp_path / "unused")
     _check_restarted(store, {"joe": packs["joe"]})
     listing = control_for(store, tiny_base.spec).handle("list")
-    assert [c["name"] for c in listing["concepts"]] == ["joe"] and listing["skipped"] == []
+    assert [c.name for c in listing.concepts] == ["joe"] and listing.skipped == ()
