@@ -53,6 +53,18 @@ def tiny_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_bank_export(tmp_path_factory):
+    """`clif-serve export --model tiny --recipe tiny-bank` (plain UNet + unet_bank, 8 LoRA sets of rank
+    8), once per test run. Read-only."""
+    from clif_serve.cli import main
+    from clif_serve.contract.folder import open_export
+
+    out = tmp_path_factory.mktemp("exports") / "tiny-bank"
+    assert main(["export", "--model", "tiny", "--recipe", "tiny-bank", "--out", str(out)]) == 0
+    return open_export(out)
+
+
+@pytest.fixture(scope="session")
 def xl_packs(tiny_xl_base):
     """Concept packs for `tiny-xl`: joe (embeddings only), ann (LoRA A, merged below), bob (LoRA B)."""
     return {

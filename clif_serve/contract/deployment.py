@@ -5,7 +5,9 @@ manifest (`"deployment"`); the ONNX Runtime executor, the Triton repository writ
 models, the concept store sync and the TensorRT builder read it back. It holds the base model's
 `ModelSpec`, the stages, the ranges every stage accepts, the LoRA set merged into `unet`, the
 region slots of `unet_lora`, and derives from them the stage signatures, the served
-concept-table rows, the request limits and the UNet routing.
+concept-table rows, the request limits and the UNet routing. A deployment with `unet_bank` also
+holds its bank's shape: `bank_slots` slots (slot 0 = no LoRA, so `bank_slots - 1` LoRA sets are
+resident at once) of rank `bank_rank`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from dataclasses import dataclass
 from clif_serve.contract.ranges import Range
 from clif_serve.contract.requests import RequestLimits, size_multiple
 from clif_serve.contract.routing import LoraRouting
-from clif_serve.contract.stages import UNET_LORA, Axis, Dim, StageSignature, TensorSpec, stage_signature
+from clif_serve.contract.stages import (
+    UNET_BANK,
+    UNET_LORA,
+    Axis,
+    Dim,
+    StageSignature,
+    TensorSpec,
+    stage_signature,
+)
 from clif_serve.models.spec import ModelSpec
 
 Shape = tuple[int, ...]
@@ -35,6 +45,8 @@ class Deployment:
     lora_rank: Range  # ranks of the LoRA inputs of unet_lora
     merged_lora: str | None = None  # the LoRA set folded into unet's weights
     regions: int = 0  # region slots R of unet_lora (region-aware cross-attention); 0: none
+    bank_slots: int = 0  # rows S of unet_bank's LoRA bank, slot 0 included (0: no unet_bank)
+    bank_rank: int = 0  # rank R every bank slot is zero-padded to
 
     @property
     def has_unet_lora(self) -> bool:
@@ -44,6 +56,10 @@ class Deployment:
     def region_slots(self) -> int:
         """Regions a request may carry: the region slots of `unet_lora` (0 without that stage)."""
         return self.regions if self.has_unet_lora else 0
+
+    @property
+    def has_unet_bank(self) -> bool:
+        return UNET_BANK in self.stages
 
     @property
     def served_concept_rows(self) -> int:
@@ -73,18 +89,27 @@ class Deployment:
         return stage_signature(self.spec, stage, self.regions)
 
     def routing(self, adapters: bool) -> LoraRouting:
-        """The UNet routing on a backend that can (`adapters`) or cannot run onnxruntime adapters."""
-        return LoraRouting(self.merged_lora, self.has_unet_lora, adapters, self.region_slots > 0)
+        """The UNet routing on a backend that can (`adapters`) or cannot supply LoRA inputs the requests
+        do not send: onnxruntime adapters, or the resident bank of `unet_bank` (the Python backend and
+        the in-process executors can; Triton's native onnxruntime and TensorRT backends only run what a
+        request sends, so there `unet_bank` is not served)."""
+        return LoraRouting(
+            self.merged_lora, self.has_unet_lora, adapters, self.region_slots > 0, self.has_unet_bank and adapters
+        )
 
     def axis_ranges(self) -> dict[str, Range]:
-        """The range of every symbolic axis."""
-        return {
+        """The range of every symbolic axis (the bank's axes are one value each, and only with a bank)."""
+        ranges = {
             "batch": self.batch,
             "height": self.height,
             "width": self.width,
             "concept_rows": self.concept_rows,
             "lora_rank": self.lora_rank,
         }
+        if self.has_unet_bank:
+            ranges["bank_slots"] = Range(self.bank_slots, self.bank_slots, self.bank_slots)
+            ranges["bank_rank"] = Range(self.bank_rank, self.bank_rank, self.bank_rank)
+        return ranges
 
     def shape_ranges(
         self, tensor: TensorSpec, overrides: Mapping[str, Range] | None = None
@@ -105,9 +130,11 @@ class Deployment:
         return {
             "model_spec": self.spec.to_dict(),
             "stages": list(self.stages),
-            **{name: value.as_list() for name, value in self.axis_ranges().items()},
+            **{name: value.as_list() for name, value in self.axis_ranges().items() if not name.startswith("bank_")},
             "merged_lora": self.merged_lora,
             "regions": self.regions,
+            "bank_slots": self.bank_slots,
+            "bank_rank": self.bank_rank,
         }
 
     @classmethod
@@ -123,4 +150,6 @@ class Deployment:
             lora_rank=Range.of(data["lora_rank"]),
             merged_lora=data.get("merged_lora"),
             regions=int(data.get("regions", 0)),
+            bank_slots=int(data.get("bank_slots", 0)),
+            bank_rank=int(data.get("bank_rank", 0)),
         )

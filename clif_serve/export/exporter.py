@@ -102,7 +102,7 @@ def trace_stage(stage: StageTrace, folder: Path, recipe: Recipe, weight_map_targ
     path = folder / ONNX_FILE
     program.save(path, external_data=True)
     record = {"stage": stage.name, "file": f"{stage.name}/{ONNX_FILE}", "opset": recipe.opset}
-    record.update(describe_io(path, hide=stage.zero_default_inputs))
+    record.update(describe_io(path, hide=stage.hidden_inputs))
     _check_graph_io(stage, record)
     if weight_map_targets:
         record["weight_map"] = _write_weight_map(stage, program, folder, weight_map_targets)

@@ -5,8 +5,11 @@ A recipe fixes what an export supports: the batch range every stage accepts, the
 concept-table rows, the LoRA ranks of `unet_lora`, its region slots (`regions`: how many regions a
 request may carry, 0 for none; see docs/regions.md), the UNet variants to emit, the parity tolerance
 and the TensorRT build (precision, workspace, optimisation profiles, whether the UNet engine is
-refittable). Without `parity_tolerance` each stage's tolerance is derived from float32 rounding at
-its size (`clif_serve.export.parity`). Ranges are `{min, opt, max}`; `opt` is what TensorRT tunes for. `batch` counts
+refittable) and, with the UNet variant `bank`, the LoRA bank of `unet_bank` (`lora_bank = { sets,
+rank }`: how many LoRA sets are resident at once, and the rank every set is zero-padded to; the
+bank holds `sets + 1` slots, slot 0 being no LoRA). Without `parity_tolerance` each stage's
+tolerance is derived from float32 rounding at its size (`clif_serve.export.parity`). Ranges are
+`{min, opt, max}`; `opt` is what TensorRT tunes for. `batch` counts
 samples per network call: with classifier-free guidance the UNet sees two per image.
 """
 
@@ -28,7 +31,7 @@ from clif_serve.errors import InputError
 from clif_serve.models.spec import ModelSpec
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-UNET_VARIANTS = ("plain", "lora")
+UNET_VARIANTS = ("plain", "lora", "bank")
 ONNX_PRECISIONS = ("fp32",)
 TENSORRT_PRECISIONS = ("fp16", "fp32")
 # Region slots of unet_lora a recipe may ask for (each costs every call of that stage a little).
@@ -59,6 +62,19 @@ class TensorRTSettings:
 
 
 @dataclass(frozen=True)
+class BankSettings:
+    """The LoRA bank of `unet_bank`: `sets` LoRA sets resident at once, each zero-padded to `rank`."""
+
+    sets: int = 8
+    rank: int = 16
+
+    @property
+    def slots(self) -> int:
+        """Rows of the bank: one per set, and slot 0 (no LoRA)."""
+        return self.sets + 1
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything an export needs besides the model."""
 
@@ -74,6 +90,7 @@ class Recipe:
     lora_rank: Range
     tensorrt: TensorRTSettings
     regions: int = 0
+    lora_bank: BankSettings = BankSettings()
 
     def to_dict(self) -> dict:
         """The recipe as written into the export manifest."""
@@ -89,6 +106,7 @@ class Recipe:
             "concept_rows": self.concept_rows.as_list(),
             "lora_rank": self.lora_rank.as_list(),
             "regions": self.regions,
+            "lora_bank": {"sets": self.lora_bank.sets, "rank": self.lora_bank.rank},
             "tensorrt": {
                 "precision": self.tensorrt.precision,
                 "workspace_gib": self.tensorrt.workspace_gib,
@@ -102,9 +120,10 @@ class Recipe:
 
     def deployment(self, spec: ModelSpec, merged_lora: str | None = None) -> Deployment:
         """The deployment an export of a base model with this recipe makes."""
+        bank = "bank" in self.unet_variants
         return Deployment(
             spec=spec,
-            stages=model_stages(spec, with_unet_lora="lora" in self.unet_variants),
+            stages=model_stages(spec, with_unet_lora="lora" in self.unet_variants, with_unet_bank=bank),
             batch=self.batch,
             height=self.height,
             width=self.width,
@@ -112,6 +131,8 @@ class Recipe:
             lora_rank=self.lora_rank,
             merged_lora=merged_lora,
             regions=self.regions,
+            bank_slots=self.lora_bank.slots if bank else 0,
+            bank_rank=self.lora_bank.rank if bank else 0,
         )
 
     def validate_for(self, spec: ModelSpec) -> None:
@@ -197,12 +218,23 @@ def _regions(data: dict, variants: tuple[str, ...], batch: Range) -> int:
     return regions
 
 
+def _bank(data: dict) -> BankSettings:
+    """`lora_bank = { sets, rank }`, both integers >= 1 (defaults: 8 sets of rank 16)."""
+    if not isinstance(data, dict) or set(data) - {"sets", "rank"}:
+        raise InputError("lora_bank", f"must be a table with keys sets and rank, got {data!r}")
+    values = {key: data.get(key, getattr(BankSettings, key)) for key in ("sets", "rank")}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"lora_bank.{key}", f"must be an integer >= 1, got {value!r}")
+    return BankSettings(**values)
+
+
 def recipe_from_dict(data: dict, name: str) -> Recipe:
     """Build and validate a recipe from parsed TOML; errors name the offending key."""
     variants = tuple(data.get("unet_variants", ["plain"]))
     unknown = [v for v in variants if v not in UNET_VARIANTS]
     if unknown or "plain" not in variants:
-        raise InputError("unet_variants", f"must list 'plain' and optionally 'lora', got {list(variants)}")
+        raise InputError("unet_variants", f"must list 'plain' and optionally 'lora' and 'bank', got {list(variants)}")
     opset = data.get("opset", 18)
     if not isinstance(opset, int) or not 17 <= opset <= 23:
         raise InputError("opset", f"must be an integer in [17, 23], got {opset!r}")
@@ -226,6 +258,7 @@ def recipe_from_dict(data: dict, name: str) -> Recipe:
         lora_rank=_range(data, "lora_rank"),
         tensorrt=_tensorrt(data.get("tensorrt", {}), batch, height, width),
         regions=_regions(data, variants, batch),
+        lora_bank=_bank(data.get("lora_bank", {})),
     )
 
 

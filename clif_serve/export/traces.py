@@ -10,6 +10,8 @@ single value becomes a torch.export dynamic dimension.
   are graph inputs (`torch.func.functional_call`), so a LoRA set is an onnxruntime adapter; with
   region slots, its attention modules run `clif_serve.models.regional_attention` on the region
   inputs;
+* `unet_bank`: the UNet with a `BankLinear` on every attention projection (`clif_serve.lora.bank`):
+  the per-sample slot index and the stacked factors of every bank slot are graph inputs;
 * `vae_decoder`: `vae.decode` (post_quant_conv included).
 
 Inputs are deterministic (seeded) so an export's parity figures are reproducible.
@@ -34,14 +36,24 @@ from clif_serve.contract.ranges import Range
 from clif_serve.contract.stages import (
     REGION_MASKS,
     UNET,
+    UNET_BANK,
     UNET_LORA,
     VAE_DECODER,
     Axis,
     StageSignature,
     TensorSpec,
 )
+from clif_serve.lora.bank import slot_buffers, with_bank
 from clif_serve.lora.math import merge_lora
-from clif_serve.lora.naming import LORA_A_SUFFIX, LORA_B_SUFFIX, lora_input_names, lora_input_shape
+from clif_serve.lora.naming import (
+    BANK_A_SUFFIX,
+    LORA_A_SUFFIX,
+    LORA_B_SUFFIX,
+    bank_input_names,
+    bank_input_shape,
+    lora_input_names,
+    lora_input_shape,
+)
 from clif_serve.lora.peft import adapter_parameter
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.models import regional_attention
@@ -94,6 +106,11 @@ class StageTrace:
     def zero_default_inputs(self) -> tuple[str, ...]:
         """Graph inputs that get zero initializers (the LoRA inputs of unet_lora)."""
         return tuple(t.name for t in self.signature.adapter_inputs)
+
+    @property
+    def hidden_inputs(self) -> tuple[str, ...]:
+        """Graph inputs that are no request's fields (LoRA adapter inputs, the LoRA bank)."""
+        return self.zero_default_inputs + tuple(t.name for t in self.signature.bank_inputs)
 
 
 StageBuilder = Callable[[], StageTrace]
@@ -242,10 +259,26 @@ class UNetModule(nn.Module):
             levels = regional_attention.unet_levels(self.unet)
             kwargs["cross_attention_kwargs"] = regional_attention.region_kwargs(rest[0], rest[1], levels)
             rest = rest[2:]
-        if not self.lora_params:
+        weights = self.graph_weights(tuple(rest))
+        if not weights:
             return self.unet(sample, timestep, **kwargs)[0]
-        weights = dict(zip(self.lora_params, rest, strict=True))
         return torch.func.functional_call(self.unet, weights, (sample, timestep), kwargs)[0]
+
+    def graph_weights(self, rest: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """Parameter/buffer name -> the graph input that replaces it (the inputs after the UNet's own)."""
+        return dict(zip(self.lora_params, rest, strict=True))
+
+
+class UNetBankModule(UNetModule):
+    """The banked UNet: after the UNet's inputs come `lora_slot [B]` (fed to every BankLinear) and the bank."""
+
+    def __init__(self, unet: nn.Module, sdxl: bool, bank_params: tuple[str, ...], slot_params: tuple[str, ...]):
+        super().__init__(unet, sdxl, bank_params)
+        self.slot_params = slot_params
+
+    def graph_weights(self, rest: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        slot, *bank = rest
+        return dict(zip(self.lora_params, bank, strict=True)) | dict.fromkeys(self.slot_params, slot)
 
 
 def _unet_inputs(signature: StageSignature, sizes: dict, generator: torch.Generator) -> tuple:
@@ -361,6 +394,66 @@ def unet_lora_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
     )
 
 
+def random_bank(
+    unet: nn.Module, spec: ModelSpec, slots: int, rank: int, generator: torch.Generator
+) -> tuple[torch.Tensor, ...]:
+    """A bank (in `bank_input_names` order) whose slot s >= 1 holds a `parity_lora` of rank
+    max(1, rank - s + 1), zero-padded to `rank` as fills leave it; slot 0 is zero."""
+    bank = {name: torch.zeros(bank_input_shape(spec, name, slots, rank)) for name in bank_input_names(spec)}
+    lora_names = lora_input_names(spec)
+    for slot in range(1, slots):
+        used = max(1, rank - slot + 1)
+        factors = dict(zip(lora_names, parity_lora(unet, spec, used, generator), strict=True))
+        for name, value in bank.items():
+            module = name.rsplit(".lora_bank_", 1)[0]
+            if name.endswith(BANK_A_SUFFIX):
+                value[slot, :used, :] = factors[module + LORA_A_SUFFIX]
+            else:
+                value[slot, :, :used] = factors[module + LORA_B_SUFFIX]
+    return tuple(bank.values())
+
+
+def _slots(batch: int, slots: int) -> torch.Tensor:
+    """Every sample a different slot where the bank has enough: 0, 1, ..., wrapping."""
+    return torch.arange(batch, dtype=torch.int64) % slots
+
+
+def unet_bank_trace(base: BaseModel, deployment: Deployment) -> StageTrace:
+    """The UNet with a LoRA bank on every attention projection: slot index and bank tensors as graph inputs."""
+    spec = base.spec
+    signature = deployment.signature(UNET_BANK)
+    slots, rank = deployment.bank_slots, deployment.bank_rank
+    unet = with_bank(base.unet, spec, slots, rank, share_weights=True)
+    module = UNetBankModule(unet, spec.kind == "sdxl", bank_input_names(spec), slot_buffers(spec)).eval()
+    unet_inputs = StageSignature(UNET_BANK, signature.inputs[:-1], signature.outputs)
+
+    def make(sizes: dict, generator: torch.Generator, bank: bool = True) -> tuple:
+        head = _unet_inputs(unet_inputs, sizes, generator)
+        batch = head[0].shape[0]
+        if not bank:
+            zeros = tuple(torch.zeros(bank_input_shape(spec, n, slots, rank)) for n in bank_input_names(spec))
+            return (*head, torch.zeros(batch, dtype=torch.int64), *zeros)
+        return (*head, _slots(batch, slots), *random_bank(base.unet, spec, slots, rank, generator))
+
+    (_, opt), (_, low) = _image_points(deployment)
+    mixed = dict(low, batch=min(deployment.batch.max, max(3, low["batch"])))
+    names = tuple(t.name for t in signature.traced_inputs)
+    cases = []
+    for seed, (label, sizes, bank) in enumerate(
+        [("empty bank, slot 0", opt, False), (f"random bank, {mixed['batch']} samples in slots 0, 1, 2..", mixed, True)]
+    ):
+        args = make(sizes, torch.Generator().manual_seed(seed), bank)
+        cases.append(ParityCase(label, args, _feed(names, args)))
+    return StageTrace(
+        signature=signature,
+        module=module,
+        example=make(opt, torch.Generator().manual_seed(99)),
+        dynamic_shapes=dynamic_shapes(signature, deployment),
+        cases=tuple(cases),
+        record_extra={"bank_inputs": list(bank_input_names(spec)), "bank_slots": slots, "bank_rank": rank},
+    )
+
+
 class VaeDecoderModule(nn.Module):
     """`vae.decode`: scaled latents -> images in about [-1, 1] (post_quant_conv included)."""
 
@@ -400,5 +493,6 @@ def stage_builders(
     }
     builders[UNET] = partial(unet_trace, base, deployment, merged)
     builders[UNET_LORA] = partial(unet_lora_trace, base, deployment)
+    builders[UNET_BANK] = partial(unet_bank_trace, base, deployment)
     builders[VAE_DECODER] = partial(vae_decoder_trace, base, deployment)
     return [(name, builders[name]) for name in deployment.stages]

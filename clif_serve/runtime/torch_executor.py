@@ -7,6 +7,11 @@ used adapter that no request holds is deleted from the UNet. The adapters live i
 every executor on one UNet shares one adapter cache and one lock (`_UnetState`). The UNet's
 attention modules get the regional processors (`clif_serve.models.regional_attention`), which run
 diffusers' own attention unchanged unless a call carries regions.
+
+With `bank_slots` (CPU only) LoRA sets run from a LoRA bank instead (`clif_serve.lora.bank`): a
+banked copy of the UNet that shares the base weights (and its regional processors), its bank
+buffers viewing a `LoraBank`'s arrays, slots held per request by a `SlotTable`; the slot index is
+passed per call (`torch.func.functional_call`), so calls need no adapter switching.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from clif_serve.lora.bank import LoraBank, slot_buffers, with_bank
 from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.peft import add_adapter
+from clif_serve.lora.slots import DEFAULT_WAIT_SECONDS, SlotTable
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.models import regional_attention
 from clif_serve.models.concept_text_encoder import ConceptTextEncoder
@@ -51,7 +58,14 @@ def _unet_state(unet: nn.Module, capacity: int) -> _UnetState:
 class TorchExecutor(Executor):
     """Runs a loaded `BaseModel` eagerly in PyTorch (CPU or CUDA)."""
 
-    def __init__(self, base: BaseModel, adapter_capacity: int = 16):
+    def __init__(
+        self,
+        base: BaseModel,
+        adapter_capacity: int = 16,
+        bank_slots: int = 0,
+        bank_rank: int = 16,
+        bank_wait_seconds: float = DEFAULT_WAIT_SECONDS,
+    ):
         self.base = base
         self.spec = base.spec
         self.device = base.unet.device
@@ -63,6 +77,16 @@ class TorchExecutor(Executor):
         self._unet_lock, self._adapters = state.lock, state.adapters
         regional_attention.install(base.unet)
         self._levels = regional_attention.unet_levels(base.unet)
+        self.slots = None
+        if bank_slots:
+            if self.device.type != "cpu" or self.dtype != torch.float32:
+                raise ValueError("the PyTorch executor's LoRA bank runs on CPU in float32 only")
+            bank = LoraBank(self.spec, bank_slots, bank_rank)
+            self.slots = SlotTable(bank, bank_wait_seconds)
+            self._banked = with_bank(base.unet, self.spec, bank_slots, bank_rank, share_weights=True)
+            for name, tensor in bank.tensors().items():
+                module, _, buffer = name.rpartition(".")
+                self._banked.get_submodule(module).register_buffer(buffer, tensor)
 
     def _to_device(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
         if tensor is None:
@@ -80,29 +104,35 @@ class TorchExecutor(Executor):
         added = None
         if self.spec.kind == "sdxl":
             added = {"text_embeds": self._to_device(text_embeds), "time_ids": self._to_device(time_ids)}
-        attention = None
+        args = (self._to_device(sample), self._to_device(timestep))
+        kwargs = {
+            "encoder_hidden_states": self._to_device(encoder_hidden_states),
+            "added_cond_kwargs": added,
+            "return_dict": False,
+        }
         if regions is not None:
             hidden, masks = self._to_device(regions.hidden), self._to_device(regions.masks)
-            attention = regional_attention.region_kwargs(hidden, masks, self._levels)
+            kwargs["cross_attention_kwargs"] = regional_attention.region_kwargs(hidden, masks, self._levels)
+        if self.slots is not None and lora_id is not None:
+            slot = torch.full((args[0].shape[0],), self.slots.slot_of(lora_id), dtype=torch.int64)
+            slots = dict.fromkeys(slot_buffers(self.spec), slot)
+            return torch.func.functional_call(self._banked, slots, args, kwargs, strict=False)[0]
         with self._unet_lock:
             self._select_adapter(lora_id)
-            return self.base.unet(
-                self._to_device(sample),
-                self._to_device(timestep),
-                encoder_hidden_states=self._to_device(encoder_hidden_states),
-                added_cond_kwargs=added,
-                cross_attention_kwargs=attention,
-                return_dict=False,
-            )[0]
+            return self.base.unet(*args, **kwargs)[0]
 
     @torch.inference_mode()
     def decode_latents(self, latents):
         return self.base.vae.decode(self._to_device(latents), return_dict=False)[0]
 
     def acquire_lora(self, lora: LoraWeights | None, regional: bool = False) -> str | None:
-        """Add the set as a peft adapter of the UNet (once; validated then) and hold it for the request."""
+        """Add the set as a peft adapter of the UNet (once; validated then) and hold it for the request;
+        with a bank, hold its bank slot (filled on first use) instead."""
         if lora is None:
             return None
+        if self.slots is not None:
+            self.slots.acquire(lora)
+            return lora.set_id
 
         def build() -> str:
             lora.validate()
@@ -114,7 +144,9 @@ class TorchExecutor(Executor):
             return self._adapters.acquire(lora.set_id, build)
 
     def release_lora(self, lora_id: str | None, regional: bool = False) -> None:
-        if lora_id is not None:
+        if lora_id is not None and self.slots is not None:
+            self.slots.release(lora_id)
+        elif lora_id is not None:
             with self._unet_lock:
                 self._adapters.release(lora_id)
 

@@ -60,18 +60,19 @@ class PackPolicy:
     spec: ModelSpec
     routing: LoraRouting
     max_tokens: int  # rows of the served concept table: a concept with more tokens can never be used
-    max_lora_rank: int  # the exported unet_lora's largest LoRA rank
+    max_lora_rank: int  # the largest LoRA rank served (unet_bank's bank rank, else unet_lora's range)
     max_pack_bytes: int = DEFAULT_MAX_PACK_BYTES
     max_concepts: int = DEFAULT_MAX_CONCEPTS
 
     @classmethod
     def of(cls, deployment: Deployment, parameters: ModelParameters) -> PackPolicy:
         """The policy of a deployment served with these model parameters."""
+        routing = deployment.routing(parameters.lora_adapters)
         return cls(
             spec=deployment.spec,
-            routing=deployment.routing(parameters.lora_adapters),
+            routing=routing,
             max_tokens=deployment.served_concept_rows,
-            max_lora_rank=deployment.lora_rank.max,
+            max_lora_rank=deployment.bank_rank if routing.has_unet_bank else deployment.lora_rank.max,
             max_pack_bytes=parameters.max_pack_bytes,
             max_concepts=parameters.max_concepts,
         )

@@ -43,8 +43,11 @@ class AdapterCache:
         return self._adapters.keys()
 
 
+def stage_store(context: ModelContext) -> ConceptStore:
+    """The concept store of a stage model's base model (where its LoRA sets come from)."""
+    return ConceptStore(resolve_store(context.parameters.concept_store, context.repo_root, context.folder().spec))
+
+
 def adapter_cache(context: ModelContext) -> AdapterCache:
     """The `unet_lora` stage's adapter source: the concept store of its base model."""
-    spec = context.folder().spec
-    store = resolve_store(context.parameters.concept_store, context.repo_root, spec)
-    return AdapterCache(ConceptStore(store), spec, context.parameters.adapter_capacity)
+    return AdapterCache(stage_store(context), context.folder().spec, context.parameters.adapter_capacity)

@@ -5,13 +5,14 @@ dynamically, so the batch axis is left out); the concept-table axis is fixed to 
 `served_concept_rows` (so requests naming different concepts batch on every backend), image axes
 are variable (-1). A tensor that is one scalar per sample (`timestep [batch]`) is sent as `[1]`
 and reshaped to a scalar, so a batch is `[B]`. `unet_lora` on a backend that takes adapters has
-one more input, `lora_id`, that routes each request to its adapter (it is not fed to ONNX).
+one more input, `lora_id`, that routes each request to its adapter (it is not fed to ONNX);
+`unet_bank` takes `lora_id` instead of `lora_slot` (the stage model maps sets to its bank's slots).
 """
 
 from __future__ import annotations
 
 from clif_serve.contract.deployment import Deployment
-from clif_serve.contract.stages import BATCH, CONCEPT_ROWS, UNET_LORA, Axis, TensorSpec
+from clif_serve.contract.stages import BATCH, CONCEPT_ROWS, LORA_SLOT, UNET_BANK, UNET_LORA, Axis, TensorSpec
 from clif_serve.serving.protocol import Field
 
 LORA_ID_INPUT = "lora_id"
@@ -32,13 +33,18 @@ def triton_field(tensor: TensorSpec, concept_rows: int) -> Field:
     return Field(tensor.name, kind, optional=False, dims=dims)
 
 
+def request_tensors(deployment: Deployment, stage: str) -> tuple[TensorSpec, ...]:
+    """The contract tensors a request sends to a stage model (all inputs but unet_bank's slot index)."""
+    return tuple(t for t in deployment.signature(stage).inputs if t.name != LORA_SLOT)
+
+
 def stage_fields(
     deployment: Deployment, stage: str, adapters: bool = False
 ) -> tuple[tuple[Field, ...], tuple[Field, ...]]:
     """Triton inputs and outputs of a stage model; `adapters`: the backend runs unet_lora adapters."""
     signature = deployment.signature(stage)
     rows = deployment.served_concept_rows
-    inputs = tuple(triton_field(t, rows) for t in signature.inputs)
-    if stage == UNET_LORA and adapters:
+    inputs = tuple(triton_field(t, rows) for t in request_tensors(deployment, stage))
+    if stage == UNET_BANK or (stage == UNET_LORA and adapters):
         inputs += (Field(LORA_ID_INPUT, "BYTES", optional=True),)
     return inputs, tuple(triton_field(t, rows) for t in signature.outputs)

@@ -4,11 +4,13 @@ The stage is the model's name; its tensors are the deployment's stage signature 
 `clif-serve repo` copied next to model.py). `unet_lora` with adapters also takes `lora_id`, which
 names each request's LoRA set; a request without it (or with an empty one) runs without adapter.
 Every request is checked alone (`StageRequestCheck`) before it joins the batch's onnxruntime run,
-so a bad request fails alone and its batch-mates are answered.
+so a bad request fails alone and its batch-mates are answered. `unet_bank` takes `lora_id` too and
+runs the requests of different LoRA sets together, with its resident bank (`ServedBank`).
 """
 
 from __future__ import annotations
 
+from clif_serve.contract.stages import UNET_BANK
 from clif_serve.serving.backend_utils import error_response, inputs_of, response
 from clif_serve.serving.context import model_context
 from clif_serve.serving.signatures import LORA_ID_INPUT
@@ -25,19 +27,24 @@ class StageModel:
         signature = deployment.signature(context.name)
         served = {entry["name"] for entry in context.config["input"]}
         takes_lora_id = LORA_ID_INPUT in served
-        adapters = None
-        if takes_lora_id:
+        adapters, self.bank = None, None
+        if context.name == UNET_BANK:
+            from clif_serve.serving.lora_bank import ServedBank
+
+            self.bank = ServedBank(context)
+        elif takes_lora_id:
             from clif_serve.serving.lora_adapters import adapter_cache
 
             adapters = adapter_cache(context).run_options
-        self.input_names = [*signature.input_names, *([LORA_ID_INPUT] if takes_lora_id else [])]
         self.check = StageRequestCheck(deployment, context.name, LORA_ID_INPUT if takes_lora_id else None)
+        self.input_names = [*self.check.tensor_names, *([LORA_ID_INPUT] if takes_lora_id else [])]
         self.runner = StageRunner(
             context.version_dir / context.parameters.model_file,
             signature.input_names,
             signature.output_names,
             intra_op_threads=context.parameters.intra_op_threads,
             adapter_options=adapters,
+            resident=self.bank.arrays if self.bank is not None else None,
         )
 
     def execute(self, requests):
@@ -52,6 +59,7 @@ class StageModel:
             feeds.append(feed)
             adapters.append(adapter)
             members.append(index)
-        for index, result in zip(members, self.runner.run(feeds, adapters), strict=True):
+        run = self.runner.run(feeds, adapters) if self.bank is None else self.bank.run(self.runner, feeds, adapters)
+        for index, result in zip(members, run, strict=True):
             responses[index] = error_response(result) if isinstance(result, Exception) else response(result)
         return responses

@@ -11,7 +11,7 @@ deployment contract first, and a request that fails gets its own error while the
   request size multiple;
 * float tensors are finite; token ids lie in `[0, vocab + served concept rows)` (ids at or above
   the vocabulary index the concept table);
-* `lora_id` (unet_lora with adapters) is one LoRA set id, the same for every sample, or empty;
+* `lora_id` (unet_lora with adapters, unet_bank) is one LoRA set id, the same for every sample, or empty;
 * region inputs (unet_lora with region slots): `region_masks` are masks on the sample's latent
   grid, weights in [0, 1] whose sum over the slots is at most 1 at every cell (regions do not
   overlap, docs/regions.md); `region_hidden_states` are finite like every float tensor.
@@ -29,6 +29,7 @@ from clif_serve.contract.stages import BATCH, CONCEPT_ROWS, REGION_MASKS, Axis, 
 from clif_serve.errors import InputError
 from clif_serve.lora.weights import validate_set_id
 from clif_serve.runtime.regions import OVERLAP_TOLERANCE
+from clif_serve.serving.signatures import request_tensors
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class StageRequestCheck:
 
     def __init__(self, deployment: Deployment, stage: str, lora_id: str | None = None):
         self.stage = stage
-        self.tensors = deployment.signature(stage).inputs
+        self.tensors = request_tensors(deployment, stage)
         self.batch = deployment.batch
         self.lora_id = lora_id
         ranges = deployment.axis_ranges()
@@ -60,6 +61,11 @@ class StageRequestCheck:
         encoder = next((e for e in deployment.spec.text_encoders if e.name == stage), None)
         # Token ids index the vocabulary, then the served concept table.
         self._id_limit = None if encoder is None else encoder.vocab_size + deployment.served_concept_rows
+
+    @property
+    def tensor_names(self) -> list[str]:
+        """The contract tensors a request sends (the stage's inputs, less unet_bank's slot index)."""
+        return [tensor.name for tensor in self.tensors]
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str | None]:
         """The request's stage feed and its LoRA set id (None: no adapter); InputError naming the tensor."""

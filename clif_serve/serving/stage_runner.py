@@ -3,7 +3,9 @@
 All requests of a batch whose tensors agree in shape (past the batch dimension) and in LoRA
 adapter are concatenated along the batch dimension, run as ONE onnxruntime call, and the outputs
 are split back per request. Requests naming different concepts batch together, because concepts
-travel as per-sample concept tables; requests of different LoRA adapters never share a run.
+travel as per-sample concept tables; requests of different LoRA adapters never share a run (the
+LoRA bank of `unet_bank` exists for that: its slot index is one more per-sample input, and the bank
+itself is a `resident` feed, the same arrays on every run).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class StageRunner:
         output_names: Sequence[str],
         intra_op_threads: int = 0,
         adapter_options: AdapterOptions | None = None,
+        resident: Feed | None = None,
     ):
         options = ort.SessionOptions()
         if intra_op_threads > 0:
@@ -40,6 +43,7 @@ class StageRunner:
         self.input_names = tuple(input_names)
         self.output_names = tuple(output_names)
         self.adapter_options = adapter_options
+        self.resident = dict(resident or {})
 
     def _group_key(self, feed: Feed, adapter: str | None) -> tuple:
         return (
@@ -72,7 +76,7 @@ class StageRunner:
         for (adapter, _), members in groups.items():
             try:
                 batch = self._batch([feeds[i] for i in members])
-                outputs = self.session.run(self.output_names, batch, self._run_options(adapter))
+                outputs = self.session.run(self.output_names, batch | self.resident, self._run_options(adapter))
             except Exception as exc:  # reported per request; the stage keeps serving
                 for index in members:
                     results[index] = exc

@@ -25,7 +25,7 @@ from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
 from clif_serve.runtime.stage_inputs import unet_inputs
-from clif_serve.serving.signatures import LORA_ID_INPUT
+from clif_serve.serving.signatures import LORA_ID_INPUT, request_tensors
 
 # (model name, inputs by name, output names) -> outputs by name
 StageCall = Callable[[str, Mapping[str, np.ndarray], tuple[str, ...]], Mapping[str, np.ndarray]]
@@ -88,9 +88,9 @@ class TritonExecutor(Executor):
         values = [sample, timestep.reshape(-1, 1), encoder_hidden_states]
         if self.spec.kind == "sdxl":
             values += [text_embeds, time_ids]
-        signature = self.deployment.signature(route.stage)
-        values = unet_inputs(signature, values, regions)
-        feed = {name: _array(value) for name, value in zip(signature.input_names, values, strict=True)}
+        values = unet_inputs(self.deployment.signature(route.stage), values, regions)
+        names = [tensor.name for tensor in request_tensors(self.deployment, route.stage)]
+        feed = {name: _array(value) for name, value in zip(names, values, strict=True)}
         if route.adapter is not None:
             feed[LORA_ID_INPUT] = np.array([[route.adapter.encode()]] * sample.shape[0], dtype=np.object_)
         (noise,) = self._call(route.stage, feed)

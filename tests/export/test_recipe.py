@@ -49,6 +49,9 @@ GOOD = {
         ({"opset": 11}, "opset"),
         ({"parity_tolerance": 0}, "parity_tolerance"),
         ({"tensorrt": {"precision": "int8"}}, "tensorrt.precision"),
+        ({"lora_bank": {"sets": 0}}, "lora_bank.sets"),
+        ({"lora_bank": {"rank": 2.5}}, "lora_bank.rank"),
+        ({"lora_bank": {"slots": 4}}, "lora_bank"),
         ({"tensorrt": {"workspace_gib": -1}}, "tensorrt.workspace_gib"),
         (
             {"tensorrt": {"profiles": [{"batch": [1, 1, 1], "height": [64, 64, 64]}]}},
@@ -64,6 +67,25 @@ def test_bad_recipes_name_the_key(change, field):
     with pytest.raises(InputError) as info:
         recipe_from_dict({**GOOD, **change}, "bad")
     assert info.value.field == field
+
+
+def test_bank_variant_gives_unet_bank_of_the_recipe_shape(tiny_base):
+    recipe = recipe_from_dict({**GOOD, "unet_variants": ["plain", "bank"], "lora_bank": {"sets": 5, "rank": 8}}, "b")
+    deployment = recipe.deployment(tiny_base.spec)
+    assert deployment.stages == ("text_encoder", "unet", "unet_bank", "vae_decoder")
+    assert (deployment.bank_slots, deployment.bank_rank) == (6, 8), "slot 0 (no LoRA) comes on top of the sets"
+    assert type(deployment).from_dict(deployment.to_dict()) == deployment
+    signature = deployment.signature("unet_bank")
+    assert signature.input_names[-1] == "lora_slot" and signature.inputs[-1].dtype == "int64"
+    bank = signature.bank_inputs[0]
+    low, _, high = deployment.shape_ranges(bank)
+    assert low == high and low[:2] == ((6, 8) if bank.name.endswith("_A") else (6, low[1]))
+    routing = deployment.routing(adapters=True)
+    assert routing.route("0123456789abcdef").stage == "unet_bank" and routing.route(None).stage == "unet"
+    assert deployment.routing(adapters=False).stages == ("unet",), "native backends cannot keep a bank"
+    assert recipe.to_dict()["lora_bank"] == {"sets": 5, "rank": 8}
+    plain = recipe_from_dict(GOOD, "p").deployment(tiny_base.spec)
+    assert not plain.has_unet_bank and "bank_slots" not in plain.axis_ranges()
 
 
 def test_sizes_must_fit_the_model(tiny_base):
