@@ -28,17 +28,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from clif_serve.bench.baselines import stand_in_packs
+from clif_serve.bench.baselines import stand_in_lora, stand_in_packs
 from clif_serve.bench.environment import describe_environment
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.concepts.pack import pack_to_bytes
 from clif_serve.errors import InputError
 from clif_serve.local import local_server
-from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.client import ClifClient
@@ -47,16 +45,6 @@ from clif_serve.serving.options import RepoOptions
 RESULTS = Path(__file__).resolve().parent / "results"
 STEPS = 4
 RSS_EVERY_S = 10.0
-
-
-def random_lora(base, seed: int, rank: int = 4) -> LoraWeights:
-    """A LoRA set with random A and B for every attention projection of the base UNet."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for module, (in_features, out_features) in sorted(base.spec.lora_targets.items()):
-        tensors[f"{module}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * 0.3
-        tensors[f"{module}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * 0.3
-    return LoraWeights(tensors, rank=rank, alpha=float(rank))
 
 
 def process_tree_rss(root_pid: int) -> dict[str, int]:
@@ -152,7 +140,7 @@ def soak(args: argparse.Namespace) -> dict:
         url = local.url
         joe, rex, swap = stand_in_packs(base, [("joe", "person"), ("rex", "dog"), ("swap", "cat")], seed=1)
         with ClifClient(url) as admin:
-            for pack in (joe, rex, replace(swap, lora=random_lora(base, seed=0))):
+            for pack in (joe, rex, replace(swap, lora=stand_in_lora(base, seed=0))):
                 admin.add_concept(pack, replace=True)
         started = time.monotonic()
         deadline = started + 60 * args.minutes
@@ -186,12 +174,12 @@ def soak(args: argparse.Namespace) -> dict:
                 while time.monotonic() < deadline:
                     pack = stand_in_packs(base, [(f"churn{index}", "dog")], seed=100 + index)[0]
                     if index % 2:
-                        pack = replace(pack, lora=random_lora(base, seed=1000 + index))
+                        pack = replace(pack, lora=stand_in_lora(base, seed=1000 + index))
                     try:
                         connection.add_concept(pack)
                         connection.generate(GenerationRequest(f"a photo of <churn{index}>", steps=2, seed=index))
                         connection.remove_concept(pack.name)
-                        connection.add_concept(replace(swap, lora=random_lora(base, seed=2000 + index)), replace=True)
+                        connection.add_concept(replace(swap, lora=stand_in_lora(base, seed=2000 + index)), replace=True)
                         churn_counts["cycles"] += 1
                     except Exception as exc:  # the churn's own requests are good requests too
                         with lock:

@@ -7,8 +7,10 @@ multi-concept gRPC request -> the same two concepts in regions (<joe> left, <rex
 a third concept and use it -> latency of served requests
 against the same requests in process (the ONNX Runtime executor on the same ONNX files, same
 seed and concepts; `--threads` sets onnxruntime's intra-op threads on both sides) -> where the
-served time goes (Triton's statistics) -> stop the server. The concepts are new packs
-initialised from class words (no training), which is enough to show the mechanics.
+served time goes (Triton's statistics) -> stop the server -> the `tiny-bank` export (a LoRA bank
+UNet) served: two concept sets with different LoRA sets requested concurrently share UNet
+executions (Triton's batch statistics). The concepts are new packs initialised from class words
+and the LoRA sets seeded stand-ins (no training), which is enough to show the mechanics.
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from clif_serve.bench.baselines import stand_in_lora
 from clif_serve.bench.server_stats import difference, per_pipeline_request, snapshot
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.concepts.create import new_pack
-from clif_serve.contract.stages import UNET, VAE_DECODER
+from clif_serve.contract.stages import UNET, UNET_BANK, VAE_DECODER
 from clif_serve.local import local_server
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.factory import ort_pipeline
@@ -52,6 +56,59 @@ def timings(runs: dict[str, Callable[[], object]], count: int) -> dict[str, dict
             run()
             samples[name].append(1000 * (time.perf_counter() - started))
     return {name: LatencySummary.of(values).to_dict() for name, values in samples.items()}
+
+
+def _batch_sizes(client: ClifClient, model: str) -> dict[int, int]:
+    """Executions of `model` so far by batch size (samples per execution), from Triton's statistics."""
+    stats = client.statistics(model).get("batch_stats", [])
+    return {int(row["batch_size"]): int(row["compute_infer"]["count"]) for row in stats}
+
+
+def lora_sets_share_executions(base, work: Path, steps: int, rounds: int = 3) -> dict:
+    """Serve the `tiny-bank` export, send requests of two concept sets with different LoRA sets from
+    two clients at once, and count the `unet_bank` executions that held samples of both."""
+    amy, ben = (
+        replace(new_pack(base, name, word), lora=stand_in_lora(base, seed=seed))
+        for name, word, seed in (("amy", "person", 11), ("ben", "dog", 12))
+    )
+    # A 4 ms queue delay at the UNet lets the two clients' steps meet in one execution.
+    options = RepoOptions(unet_delay_us=4_000)
+    with local_server("tiny", work, options, recipe="tiny-bank") as service, ClifClient(service.url) as client:
+        for pack in (amy, ben):
+            client.add_concept(pack, replace=True)
+        requests = [GenerationRequest(f"a photo of <{p.name}>", steps=steps, seed=5) for p in (amy, ben)]
+        for request in requests:  # warm-up, one at a time
+            client.generate(request)
+        before = _batch_sizes(client, UNET_BANK)
+        start, errors = threading.Barrier(len(requests)), []
+
+        def send(request: GenerationRequest) -> None:
+            with ClifClient(service.url) as own:
+                for _ in range(rounds):
+                    start.wait(timeout=300)
+                    try:
+                        own.generate(request)
+                    except Exception as exc:  # reported below
+                        errors.append(exc)
+
+        threads = [threading.Thread(target=send, args=(request,)) for request in requests]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        after = _batch_sizes(client, UNET_BANK)
+    executions = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    # Each request sends 2 samples per UNet call (guidance) and a client sends one request at a time,
+    # so an execution of more than 2 samples held both clients' requests: both LoRA sets.
+    shared = sum(count for size, count in executions.items() if size > 2)
+    return {
+        "lora_sets": [pack.lora.set_id for pack in (amy, ben)],
+        "unet_bank_executions": sum(executions.values()),
+        "shared_executions": shared,
+        "by_batch_size": {size: count for size, count in sorted(executions.items()) if count},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -107,6 +164,14 @@ def main(argv: list[str] | None = None) -> dict:
         stages = [*folder.spec.text_encoder_names, UNET, VAE_DECODER]
         # Mean queue and compute ms per pipeline request at each model, over the server's life.
         figures["served_breakdown_ms"] = per_pipeline_request(difference({}, snapshot(client, (PIPELINE_MODEL, *stages))))
+
+    bank = lora_sets_share_executions(base, work / "bank", args.steps)
+    figures["lora_bank"] = bank
+    print(
+        f"two concept sets with different LoRA sets (<amy>, <ben>), requested concurrently on the tiny-bank "
+        f"export: {bank['shared_executions']} of {bank['unet_bank_executions']} unet_bank executions held "
+        f"samples of both (samples per execution: {bank['by_batch_size']})"
+    )
 
     print(f"\nlatency of one {args.steps}-step 64x64 request (ms), {args.requests} requests after a warm-up:")
     for name in ("served", "in_process_onnxruntime"):

@@ -39,35 +39,44 @@ class LocalServer:
         return self.server.grpc_url
 
 
-def reusable_export(export_dir: Path, spec: ModelSpec) -> ExportFolder | None:
-    """The export in `export_dir` if there is a complete one made by this clif-serve from the same base."""
+def reusable_export(export_dir: Path, spec: ModelSpec, recipe: str | None = None) -> ExportFolder | None:
+    """The export in `export_dir` if there is a complete one made by this clif-serve from the same base
+    (and, when `recipe` is given, with the recipe of that name)."""
     if not (export_dir / MANIFEST).is_file():
         return None
     try:
         existing = open_export(export_dir)
     except ModelFolderError:  # incomplete, or made by another clif-serve version
         return None
+    if recipe is not None and existing.manifest["recipe"].get("name") != recipe:
+        return None
     return existing if existing.spec == spec else None
 
 
-def prepare_export(model: str, export_dir: Path) -> ExportFolder:
-    """The export of `model` in `export_dir`: reused when it was made from the same base, else (re)made."""
+def prepare_export(model: str, export_dir: Path, recipe: str | None = None) -> ExportFolder:
+    """The export of `model` with `recipe` (default: the model's) in `export_dir`: reused when it was
+    made from the same base with that recipe, else (re)made."""
     base = load_base_model(model)
-    existing = reusable_export(export_dir, base.spec)
+    recipe = recipe or default_recipe_name(model, base.spec)
+    existing = reusable_export(export_dir, base.spec, recipe)
     if existing is not None:
         return existing
-    return export_model(base, export_dir, recipe=default_recipe_name(model, base.spec), overwrite=True)
+    return export_model(base, export_dir, recipe=recipe, overwrite=True)
 
 
 @contextmanager
 def local_server(
-    model: str = "tiny", workdir: str | Path | None = None, options: RepoOptions | None = None
+    model: str = "tiny",
+    workdir: str | Path | None = None,
+    options: RepoOptions | None = None,
+    recipe: str | None = None,
 ) -> Iterator[LocalServer]:
-    """Export `model`, build its repository and serve it until the `with` block ends."""
+    """Export `model` (with `recipe`, default the model's), build its repository and serve it until the
+    `with` block ends."""
     with tempfile.TemporaryDirectory(prefix="clif-serve-local-") as scratch:
         work = Path(workdir or scratch)
         started = time.perf_counter()
-        export = prepare_export(model, work / "export")
+        export = prepare_export(model, work / "export", recipe)
         export_s = time.perf_counter() - started
         repo = build_repository(export.root, work / "repo", options, overwrite=True)
         started = time.perf_counter()

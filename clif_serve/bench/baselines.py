@@ -11,6 +11,7 @@ from diffusers import DiffusionPipeline
 from clif_serve.concepts.create import new_pack
 from clif_serve.concepts.pack import ConceptPack
 from clif_serve.concepts.textual_inversion import load_into_diffusers
+from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.loading import BaseModel
 
 
@@ -23,6 +24,17 @@ def stand_in_packs(base: BaseModel, names_and_words: Sequence[tuple[str, str]], 
         moved = {k: v + 0.5 * torch.randn(v.shape, generator=generator) for k, v in pack.embeddings.items()}
         packs.append(replace(pack, embeddings=moved))
     return packs
+
+
+def stand_in_lora(base: BaseModel, seed: int, rank: int = 4, scale: float = 0.3) -> LoraWeights:
+    """A LoRA set with seeded random A and B (times `scale`) on every attention projection of the base
+    UNet: a stand-in for a trained joint LoRA (each seed is another set)."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for module, (in_features, out_features) in sorted(base.spec.lora_targets.items()):
+        tensors[f"{module}.lora_A.weight"] = scale * torch.randn(rank, in_features, generator=generator)
+        tensors[f"{module}.lora_B.weight"] = scale * torch.randn(out_features, rank, generator=generator)
+    return LoraWeights(tensors, rank=rank, alpha=float(rank))
 
 
 def diffusers_pipeline(base: BaseModel, packs: Sequence[ConceptPack]) -> DiffusionPipeline:

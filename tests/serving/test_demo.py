@@ -11,8 +11,9 @@ from PIL import Image
 from clif_serve import demo
 
 
-def test_demo_serves_hot_loads_and_summarises(tiny_export, tmp_path):
+def test_demo_serves_hot_loads_and_summarises(tiny_export, tiny_bank_export, tmp_path):
     shutil.copytree(tiny_export.root, tmp_path / "export")  # reused instead of exporting again
+    shutil.copytree(tiny_bank_export.root, tmp_path / "bank" / "export")
     figures = demo.main(
         ["--workdir", str(tmp_path), "--steps", "2", "--requests", "2", "--json", str(tmp_path / "figures.json")]
     )
@@ -26,6 +27,9 @@ def test_demo_serves_hot_loads_and_summarises(tiny_export, tmp_path):
     assert saved["hot_load_ms"] > 0 and saved["served_over_onnxruntime_p50"] > 0
     assert set(saved["served_breakdown_ms"]) == {"clif_pipeline", "text_encoder", "unet", "vae_decoder"}
     assert figures["export_s"] < 5, "the export in the workdir must be reused, not redone"
+    bank = saved["lora_bank"]
+    assert len(set(bank["lora_sets"])) == 2 and bank["unet_bank_executions"] > 0
+    assert 0 <= bank["shared_executions"] <= bank["unet_bank_executions"]
 
 
 def test_an_export_of_another_base_or_version_is_not_reused(tiny_export, tiny_base, tmp_path):
