@@ -48,6 +48,7 @@ from clif_serve.evaluation.world_model import QUICK_RECIPE, World, WorldRecipe, 
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.factory import torch_pipeline
 from clif_serve.runtime.images import to_uint8
+from clif_serve.runtime.regions import Region
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.training.config import ConceptSource, TrainConfig
 from clif_serve.training.image_tower import load_image_tower
@@ -70,10 +71,10 @@ class Run:
 
 @dataclass(frozen=True)
 class Row:
-    """A benchmark row: the packs of `run` after `stage` (run None: class-word init), sampled plainly.
+    """A benchmark row: the packs of `run` after `stage` (run None: class-word init).
 
-    `sampling` names how images are drawn; "plain" is the only one today. Regional sampling
-    (issue 14) adds rows with `sampling="regions"` and a branch in `generate`.
+    `sampling`: "plain", or "regions" (the same prompt with two boxes: the first-named concept in
+    the left half, the second in the right; region-aware cross-attention, docs/regions.md).
     """
 
     name: str
@@ -103,6 +104,8 @@ ROW_SETS = {
         Row("CustomContrast + TI + joint LoRA", "customcontrast", "lora"),
         Row("CLIF+CustomContrast stage 1", "clif+customcontrast", "clif"),
         Row("CLIF+CustomContrast + TI + joint LoRA", "clif+customcontrast", "lora"),
+        Row("TI + joint LoRA, regions", "ti", "lora", "regions"),
+        Row("CLIF + TI + joint LoRA, regions", "clif", "lora", "regions"),
     ],
     "ablation": [
         Row("TI + joint LoRA", "ti", "lora"),
@@ -118,30 +121,44 @@ ROW_SETS = {
     ],
 }
 # The rows of the two training runs every comparison needs (TI, CLIF): the goal's rows and the give-back.
-ROW_SETS["core"] = ROW_SETS["main"][:6]
-ROW_SETS["quick"] = [ROW_SETS["main"][i] for i in (0, 1, 2, 3, 5)]  # the smoke run: two training runs per seed
+ROW_SETS["core"] = ROW_SETS["main"][:6] + ROW_SETS["main"][-2:]
+# The smoke run: two training runs per seed, one regional row.
+ROW_SETS["quick"] = [ROW_SETS["main"][i] for i in (0, 1, 2, 3, 5, -1)]
 DEFAULT_ROW = "CLIF + TI + joint LoRA (default pipeline)"
 BASELINE_ROW = "TI + joint LoRA"
 
 
+ORDERS = (NAMES, NAMES[::-1])
+LEFT_HALF, RIGHT_HALF = (0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)
+
+
 def prompts() -> list[str]:
-    return [f"a photo of <{first}> and <{second}>" for first, second in (NAMES, NAMES[::-1])]
+    return [f"a photo of <{first}> and <{second}>" for first, second in ORDERS]
+
+
+def row_regions(row: Row, first: str, second: str) -> tuple[Region, ...]:
+    """The regions of a row's requests: none, or the first-named concept left and the second right."""
+    if row.sampling == "plain":
+        return ()
+    if row.sampling == "regions":
+        return (Region(f"a photo of <{first}>", box=LEFT_HALF), Region(f"a photo of <{second}>", box=RIGHT_HALF))
+    raise ValueError(f"sampling {row.sampling!r} is not one of plain, regions")
 
 
 def generate(world: World, packs, row: Row, seed: int, args) -> np.ndarray:
-    """`args.images` images of the row's packs: half per prompt order, in requests of 8, fixed noise seeds."""
-    if row.sampling != "plain":
-        raise ValueError(f"sampling {row.sampling!r} is not available yet")
+    """`args.images` images of the row's packs: half per prompt order, in requests of 8, fixed noise seeds
+    (the same for every row, so plain and regional rows differ only in the regions)."""
     pipeline = torch_pipeline(world.base_dir, packs)
     batches = []
-    for order, prompt in enumerate(prompts()):
+    for order, (prompt, names) in enumerate(zip(prompts(), ORDERS, strict=True)):
+        regions = row_regions(row, *names)
         remaining = args.images // 2
         request_index = 0
         while remaining > 0:
             count = min(REQUEST_IMAGES, remaining)
             request = GenerationRequest(
                 prompt, steps=args.sampling_steps, guidance_scale=args.guidance_scale,
-                seed=100_000 * seed + 1_000 * order + request_index, num_images=count,
+                seed=100_000 * seed + 1_000 * order + request_index, num_images=count, regions=regions,
             )
             batches.append(to_uint8(pipeline.generate(request)))
             remaining -= count
