@@ -20,7 +20,6 @@ Measures (benchmarks/results/replicas.json and replicas.md):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from tqdm import tqdm
 from clif_serve.bench.baselines import stand_in_packs
 from clif_serve.bench.environment import describe_environment
 from clif_serve.bench.load import run_load
+from clif_serve.bench.results import write_results
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.errors import InputError
 from clif_serve.local import prepare_export
@@ -234,11 +234,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS), help="folder for replicas.json and replicas.md")
     args = parser.parse_args()
     report = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "replicas.json").write_text(json.dumps(report, indent=2))
-    (out / "replicas.md").write_text(markdown(report))
-    print(markdown(report))
+    text = markdown(report)
+    write_results(report, text, args.out, "replicas")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ over the run (goal: flat), and the outcome of every kind of bad request.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import struct
 import threading
@@ -33,6 +32,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from clif_serve.bench.baselines import stand_in_lora, stand_in_packs
 from clif_serve.bench.environment import describe_environment
+from clif_serve.bench.results import write_results
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.concepts.pack import pack_to_bytes
 from clif_serve.errors import InputError
@@ -309,11 +309,9 @@ def main() -> None:
     if args.clients < 1 or args.minutes < 2:
         raise InputError("minutes", "a soak needs at least 1 client and 2 minutes (first and last minute)")
     report = soak(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.json").write_text(json.dumps(report, indent=2))
-    (out / "soak.md").write_text(markdown(report))
-    print(markdown(report))
+    text = markdown(report)
+    write_results(report, text, args.out, "soak")
+    print(text)
 
 
 if __name__ == "__main__":
