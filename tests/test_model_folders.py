@@ -47,6 +47,6 @@ def test_a_folder_that_cannot_be_loaded_gets_one_line_and_exit_2(tmp_path, capsy
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated
     with pytest.raises(ModelFolderError, match="unet: cannot be loaded"):
         load_base_model(folder)
-    assert main(["concepts", "new", "joe", "--model", str(folder), "--init-from", "person", "-o", str(tmp_path / "j.safetensors")]) == 2
+    assert main(["generate", "a dog", "--model", str(folder), "--steps", "1", "-o", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unet: cannot be loaded" in err and "Traceback" not in err
