@@ -10,7 +10,7 @@ from diffusers import StableDiffusionPipeline
 
 from clif_serve.cli import main
 from clif_serve.errors import ModelFolderError
-from clif_serve.models.loading import component_weight_bytes, load_base_model, weight_variant
+from clif_serve.models.loading import component_weight_bytes, load_base_model, load_text_model, weight_variant
 from clif_serve.models.tiny import embedded_model_dir
 
 
@@ -31,6 +31,8 @@ def test_a_folder_with_only_fp16_weights_loads_in_float32(fp16_folder, tiny_base
     assert base.spec.image_multiple == tiny_base.spec.image_multiple
     want = tiny_base.unet.conv_in.weight.to(torch.float16).to(torch.float32)
     assert torch.equal(base.unet.conv_in.weight, want), "the fp16 weights, not a fresh init"
+    text = load_text_model(fp16_folder)  # what `concepts new` loads: the same variant handling
+    assert text.spec == base.spec and text.text_encoders[0].dtype == torch.float32
 
 
 def test_weight_bytes_count_float32_from_the_headers(fp16_folder, tiny_base):
