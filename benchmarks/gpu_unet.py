@@ -16,7 +16,6 @@ Anchors to compare with: stable-fast reports 104.6 it/s for SD1.5 on an H100; Te
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -31,6 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from full_size_configs import MODELS  # noqa: E402
 
+from clif_serve.bench.results import write_results  # noqa: E402
 from clif_serve.models.concept_text_encoder import ConceptTextEncoder  # noqa: E402
 from clif_serve.models.loading import load_base_model  # noqa: E402
 from clif_serve.models.spec import TextEncoderSpec  # noqa: E402
@@ -293,10 +293,7 @@ def main(argv=None) -> dict:
         "anchors": ANCHORS,
         "models": {kind: benchmark_model(kind, args, dtype) for kind in args.models},
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_unet.json").write_text(json.dumps(report, indent=2))
-    (out / "gpu_unet.md").write_text(markdown(report))
+    write_results(report, markdown(report), args.out, "gpu_unet")
     print(markdown(report))
     return report
 

@@ -22,7 +22,6 @@ Writes benchmarks/results/lora_bank.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from clif_serve.bench.environment import describe_environment
+from clif_serve.bench.results import write_results
 from clif_serve.contract.folder import open_export
 from clif_serve.contract.stages import UNET, UNET_BANK
 from clif_serve.export.exporter import export_model
@@ -292,9 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(report: dict) -> None:
     """Write what is measured so far (each part takes minutes)."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lora_bank.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS / "lora_bank.md").write_text(markdown(report))
+    write_results(report, markdown(report), RESULTS, "lora_bank", indent=1)
     print(markdown(report), flush=True)
 
 

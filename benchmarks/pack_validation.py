@@ -13,7 +13,6 @@ for the sizes where it finishes in reasonable time. Packs whose header is over t
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 
 from clif_serve.bench.baselines import stand_in_packs
 from clif_serve.bench.environment import describe_environment
+from clif_serve.bench.results import write_results
 from clif_serve.concepts.pack import pack_from_bytes, pack_to_bytes
 from clif_serve.errors import PackError
 from clif_serve.lora.weights import LoraWeights
@@ -90,8 +90,6 @@ def main() -> None:
                      "lora_validate_s": lora_now, "lora_validate_before_s": before})
         print(rows[-1], flush=True)
     report = {"environment": describe_environment({"shared_machine": True}), "before_commit": args.before, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pack_validation.json").write_text(json.dumps(report, indent=2))
     lines = [
         f"Pack validation against size on {report['environment']['cpu']} (shared machine): LoRA packs of N rank-1 pairs. "
         f"`before` = the LoRA validation at commit {args.before}. `python benchmarks/pack_validation.py`.",
@@ -105,7 +103,7 @@ def main() -> None:
             f"| {row['pairs']} | {row['pack_bytes'] / 1024:.0f} | {row['outcome']} | {row['parse_and_validate_s']:.3f} | "
             f"{1000 * row['parse_and_validate_s'] / row['pairs']:.3f} | {row['lora_validate_s']:.3f} | {before} |"
         )
-    (RESULTS / "pack_validation.md").write_text("\n".join(lines) + "\n")
+    write_results(report, "\n".join(lines) + "\n", RESULTS, "pack_validation")
     print("\n".join(lines))
 
 

@@ -19,7 +19,6 @@ Writes benchmarks/results/pipeline_speed.json and .md (pipeline_speed-threads1.*
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,7 @@ import onnxruntime as ort
 import torch
 
 from clif_serve.bench.baselines import diffusers_pipeline, stand_in_packs
+from clif_serve.bench.results import write_results
 from clif_serve.export.exporter import export_model
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.factory import ort_pipeline, torch_pipeline
@@ -258,10 +258,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="pipeline-speed-") as work:
         report = run(args, Path(work))
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "pipeline_speed" + (f"-threads{args.threads}" if args.threads else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    (args.out / f"{stem}.md").write_text(markdown(report))
+    write_results(report, markdown(report), args.out, stem, indent=1)
     print(markdown(report))
 
 

@@ -28,7 +28,6 @@ Writes benchmarks/results/regions.json and .md. Run it under the machine-wide lo
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -46,6 +45,7 @@ from tqdm import tqdm
 
 from clif_serve.bench.baselines import stand_in_packs
 from clif_serve.bench.environment import describe_environment
+from clif_serve.bench.results import write_results
 from clif_serve.concepts.registry import ConceptRegistry
 from clif_serve.contract.folder import open_export
 from clif_serve.contract.stages import REGION_HIDDEN_STATES, REGION_MASKS, UNET_LORA
@@ -376,10 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures["hybrid_first_steps"] = early
     pipelines = {"attention": attention, "composition": composition, f"hybrid (composition first {early} steps)": hybrid}
     figures["placement"] = placement(pipelines, args.placement_seeds, args.steps)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "regions.json").write_text(json.dumps(figures, indent=1))
-    (out / "regions.md").write_text(markdown(figures))
+    write_results(figures, markdown(figures), args.out, "regions", indent=1)
     print(markdown(figures))
     return figures
 

@@ -13,13 +13,13 @@ Writes benchmarks/results/serving_overhead.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from clif_serve.bench.environment import describe_environment
 from clif_serve.bench.overhead import OverheadConfig, Variant, measure, summary_table
+from clif_serve.bench.results import write_results
 from clif_serve.contract.folder import open_export
 from clif_serve.local import prepare_export
 from clif_serve.models.loading import load_base_model
@@ -68,15 +68,14 @@ def main() -> None:
         export = open_export(args.export) if args.export else prepare_export("tiny", Path(scratch) / "export")
         report = measure(export, base, variants, config, Path(scratch))
     report["environment"] = describe_environment({"machine": "shared with other developers' jobs"})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     table = summary_table(report)
     env = report["environment"]
-    out.with_suffix(".md").write_text(
+    text = (
         f"Serving overhead on tiny ({args.steps} steps; {args.rounds} interleaved rounds, median [min - max]) on "
         f"{env['cpu']} ({env['cpu_count']} cores, shared machine).\n\n{table}\n"
     )
+    out = Path(args.out)  # a path without suffix: <folder>/<stem>
+    write_results(report, text, out.parent, out.stem)
     print(table)
 
 

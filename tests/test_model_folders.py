@@ -10,7 +10,7 @@ from diffusers import StableDiffusionPipeline
 
 from clif_serve.cli import main
 from clif_serve.errors import ModelFolderError
-from clif_serve.models.loading import component_weight_bytes, load_base_model, weight_variant
+from clif_serve.models.loading import component_weight_bytes, load_base_model, load_text_model, weight_variant
 from clif_serve.models.tiny import embedded_model_dir
 
 
@@ -31,6 +31,8 @@ def test_a_folder_with_only_fp16_weights_loads_in_float32(fp16_folder, tiny_base
     assert base.spec.image_multiple == tiny_base.spec.image_multiple
     want = tiny_base.unet.conv_in.weight.to(torch.float16).to(torch.float32)
     assert torch.equal(base.unet.conv_in.weight, want), "the fp16 weights, not a fresh init"
+    text = load_text_model(fp16_folder)  # what `concepts new` loads: the same variant handling
+    assert text.spec == base.spec and text.text_encoders[0].dtype == torch.float32
 
 
 def test_weight_bytes_count_float32_from_the_headers(fp16_folder, tiny_base):
@@ -47,6 +49,6 @@ def test_a_folder_that_cannot_be_loaded_gets_one_line_and_exit_2(tmp_path, capsy
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated
     with pytest.raises(ModelFolderError, match="unet: cannot be loaded"):
         load_base_model(folder)
-    assert main(["concepts", "new", "joe", "--model", str(folder), "--init-from", "person", "-o", str(tmp_path / "j.safetensors")]) == 2
+    assert main(["generate", "a dog", "--model", str(folder), "--steps", "1", "-o", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unet: cannot be loaded" in err and "Traceback" not in err

@@ -123,10 +123,10 @@ def _add_url_option(parser: argparse.ArgumentParser) -> None:
 def _new(args: argparse.Namespace) -> int:
     from clif_serve.concepts.create import new_pack
     from clif_serve.concepts.pack import write_pack
-    from clif_serve.models.loading import load_base_model
+    from clif_serve.models.loading import load_text_model
 
     _refuse_existing([args.output], args.force)
-    pack = new_pack(load_base_model(args.model), args.name, args.init_from, args.num_tokens)
+    pack = new_pack(load_text_model(args.model), args.name, args.init_from, args.num_tokens)
     print(write_pack(pack, args.output))
     return 0
 
@@ -165,13 +165,13 @@ def _import(args: argparse.Namespace) -> int:
     from clif_serve.concepts.pack import read_pack, write_pack
     from clif_serve.concepts.textual_inversion import import_textual_inversion
     from clif_serve.lora.formats import read_lora
-    from clif_serve.models.loading import load_base_model
+    from clif_serve.models.loading import load_text_model
 
     if bool(args.embedding) == bool(args.pack):
         raise InputError("embedding", "give --embedding (a new pack) or --pack (packs that get --lora), not both")
     if args.pack and args.lora is None:
         raise InputError("lora", "is required with --pack (the LoRA the packs get)")
-    spec = load_base_model(args.model).spec
+    spec = load_text_model(args.model).spec
     if args.embedding:
         packs = [import_textual_inversion(args.embedding, spec, args.name, args.class_word)]
     else:

@@ -39,11 +39,20 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from clif_serve.concepts.pack import read_pack
-    from clif_serve.runtime.factory import torch_pipeline
+    from clif_serve.concepts.registry import ConceptRegistry
+    from clif_serve.models.loading import load_image_side, load_text_model
     from clif_serve.runtime.images import save_pngs, to_uint8
+    from clif_serve.runtime.pipeline import ConceptPipeline
+    from clif_serve.runtime.torch_executor import TorchExecutor
 
-    pipeline = torch_pipeline(args.model, [read_pack(path) for path in args.concept])
+    # The packs and the request's fields are checked against the text side and the configs first: a
+    # request that will be refused is refused before the UNet and the VAE are loaded.
+    text = load_text_model(args.model)
+    registry = ConceptRegistry(text.spec, [read_pack(path) for path in args.concept])
     request = request_from_args(args)
+    request.validated(text.spec)
+    base = load_image_side(text)
+    pipeline = ConceptPipeline(TorchExecutor(base), base.tokenizers, registry)
     bars = []
 
     def on_step(done: int, total: int) -> None:

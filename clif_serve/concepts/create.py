@@ -1,4 +1,8 @@
-"""Making new packs from a base model: tokens initialised from a class word."""
+"""Making new packs from a base model's text side: tokens initialised from a class word.
+
+A pack needs only the tokenizers, the text encoders and the spec (`load_text_model`); a full
+`BaseModel` works as well (it is a `TextModel`).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ import torch
 
 from clif_serve.concepts.pack import ConceptPack, default_tokens, validate_name
 from clif_serve.errors import InputError
-from clif_serve.models.loading import BaseModel
+from clif_serve.models.loading import TextModel
 
 
-def class_word_ids(base: BaseModel, word: str, field: str = "class_word") -> list[int]:
+def class_word_ids(base: TextModel, word: str, field: str = "class_word") -> list[int]:
     """The single token id of `word` in every tokenizer of the base; several pieces are an error."""
     if not word or not word.strip():
         raise InputError(field, "must be a non-empty word")
@@ -27,7 +31,7 @@ def class_word_ids(base: BaseModel, word: str, field: str = "class_word") -> lis
     return ids
 
 
-def class_word_embeddings(base: BaseModel, word: str, num_tokens: int) -> dict[str, torch.Tensor]:
+def class_word_embeddings(base: TextModel, word: str, num_tokens: int) -> dict[str, torch.Tensor]:
     """`[num_tokens, H]` per text encoder, every row a copy of the class word's token embedding."""
     embeddings = {}
     for token_id, module, encoder in zip(
@@ -38,7 +42,7 @@ def class_word_embeddings(base: BaseModel, word: str, num_tokens: int) -> dict[s
     return embeddings
 
 
-def new_pack(base: BaseModel, name: str, class_word: str, num_tokens: int = 2) -> ConceptPack:
+def new_pack(base: TextModel, name: str, class_word: str, num_tokens: int = 2) -> ConceptPack:
     """A pack for `<name>` whose `num_tokens` tokens start from the class word's embedding."""
     validate_name(name)
     pack = ConceptPack(

@@ -6,6 +6,11 @@ the list of what is missing. A component holding only variant weights (`*.fp16.s
 checkpoints are often shipped) is loaded with diffusers'/transformers' `variant`, and cast to the
 requested dtype. A component that still cannot be loaded (a corrupt or truncated file, a config
 that does not fit the weights) raises ModelFolderError naming it, in one line.
+
+A base model loads in two parts. `load_text_model` loads what a concept pack and a request check
+need: the tokenizers, the text encoders and the whole `ModelSpec`, whose UNet and VAE facts
+(geometry, LoRA targets) come from their `config.json` alone (the UNet built on the meta device,
+no weight read). `load_image_side` then adds the UNet and the VAE; `load_base_model` does both.
 """
 
 from __future__ import annotations
@@ -38,13 +43,20 @@ _SDXL_EXTRA = ("text_encoder_2", "tokenizer_2")
 
 
 @dataclass
-class BaseModel:
-    """A loaded base model: its PyTorch components plus the weight-free `ModelSpec`."""
+class TextModel:
+    """The text side of a base model (tokenizers, text encoders) and its whole weight-free `ModelSpec`;
+    no UNet or VAE weight is loaded."""
 
     path: Path
     spec: ModelSpec
     tokenizers: tuple[CLIPTokenizer, ...]
     text_encoders: tuple[torch.nn.Module, ...]
+
+
+@dataclass
+class BaseModel(TextModel):
+    """A loaded base model: the text side plus the UNet and the VAE."""
+
     unet: UNet2DConditionModel
     vae: AutoencoderKL
 
@@ -189,10 +201,49 @@ def _lora_targets(unet: UNet2DConditionModel) -> dict[str, tuple[int, int]]:
     }
 
 
-def load_base_model(
+def _config_only(path: Path, component: str, cls):
+    """The component built from its `config.json` on the meta device: its config and module tree, no weights."""
+    try:
+        config = cls.load_config(path / component, local_files_only=True)
+        with torch.device("meta"):
+            return cls.from_config(config)
+    except _LOAD_ERRORS as exc:
+        raise _unloadable(path, component, exc) from exc
+
+
+def _model_spec(path: Path, kind: ModelKind, index: dict, tokenizers, text_encoders, names) -> ModelSpec:
+    """The spec of a base model from its text side and the UNet's, VAE's and scheduler's configs."""
+    unet = _config_only(path, "unet", UNet2DConditionModel)
+    vae_config = _config_only(path, "vae", AutoencoderKL).config
+    try:
+        scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise _unloadable(path, "scheduler", exc) from exc
+    vae_scale = 2 ** (len(vae_config.block_out_channels) - 1)
+    return ModelSpec(
+        kind=kind,
+        fingerprint=model_fingerprint(tokenizers, text_encoders),
+        text_encoders=tuple(
+            _text_encoder_spec(name, enc, tok, kind)
+            for name, enc, tok in zip(names, text_encoders, tokenizers, strict=True)
+        ),
+        latent_channels=int(unet.config.in_channels),
+        sample_size=int(unet.config.sample_size),
+        vae_scale_factor=vae_scale,
+        vae_scaling_factor=float(vae_config.scaling_factor),
+        scheduler_class=str(scheduler_config["_class_name"]),
+        scheduler_config=scheduler_config,
+        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)),
+        image_multiple=vae_scale * 2 ** (len(unet.config.block_out_channels) - 1),
+        lora_targets=_lora_targets(unet),
+    )
+
+
+def load_text_model(
     model: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> BaseModel:
-    """Load `tiny`, `tiny-xl` or a local SD1.5/SDXL diffusers folder, in eval mode, gradients off."""
+) -> TextModel:
+    """Load the tokenizers and text encoders of `tiny`, `tiny-xl` or a local SD1.5/SDXL diffusers folder
+    (eval mode, gradients off) and the model's whole spec; the UNet and VAE weights are not read."""
     path = resolve_model_dir(model)
     kind, index = detect_layout(path)
     transformers_logging.disable_progress_bar()
@@ -205,30 +256,24 @@ def load_base_model(
         _load_component(path, name, encoder_classes[i if kind == "sdxl" else 0].from_pretrained, dtype=dtype)
         for i, name in enumerate(names)
     )
-    unet = _load_component(path, "unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype)
-    vae = _load_component(path, "vae", AutoencoderKL.from_pretrained, torch_dtype=dtype)
-    try:
-        scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise _unloadable(path, "scheduler", exc) from exc
-    for module in (*text_encoders, unet, vae):
+    for module in text_encoders:
         module.to(device=device).eval().requires_grad_(False)
-    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    spec = ModelSpec(
-        kind=kind,
-        fingerprint=model_fingerprint(tokenizers, text_encoders),
-        text_encoders=tuple(
-            _text_encoder_spec(name, enc, tok, kind)
-            for name, enc, tok in zip(names, text_encoders, tokenizers, strict=True)
-        ),
-        latent_channels=int(unet.config.in_channels),
-        sample_size=int(unet.config.sample_size),
-        vae_scale_factor=vae_scale,
-        vae_scaling_factor=float(vae.config.scaling_factor),
-        scheduler_class=str(scheduler_config["_class_name"]),
-        scheduler_config=scheduler_config,
-        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", False)),
-        image_multiple=vae_scale * 2 ** (len(unet.config.block_out_channels) - 1),
-        lora_targets=_lora_targets(unet),
-    )
-    return BaseModel(path, spec, tokenizers, text_encoders, unet, vae)
+    spec = _model_spec(path, kind, index, tokenizers, text_encoders, names)
+    return TextModel(path, spec, tokenizers, text_encoders)
+
+
+def load_image_side(text: TextModel) -> BaseModel:
+    """Add the UNet and the VAE to a loaded text side, on its device and in its dtype (eval mode, gradients off)."""
+    device, dtype = text.text_encoders[0].device, text.text_encoders[0].dtype
+    unet = _load_component(text.path, "unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype)
+    vae = _load_component(text.path, "vae", AutoencoderKL.from_pretrained, torch_dtype=dtype)
+    for module in (unet, vae):
+        module.to(device=device).eval().requires_grad_(False)
+    return BaseModel(text.path, text.spec, text.tokenizers, text.text_encoders, unet, vae)
+
+
+def load_base_model(
+    model: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> BaseModel:
+    """Load `tiny`, `tiny-xl` or a local SD1.5/SDXL diffusers folder, in eval mode, gradients off."""
+    return load_image_side(load_text_model(model, device, dtype))
