@@ -18,6 +18,12 @@ of held-out part regions in the world CLIP's space (the former benchmark, more r
     .venv/bin/python benchmarks/confusion.py --rows ablation # the give-back ablation (confusion_ablation.*)
     .venv/bin/python benchmarks/confusion.py --rows core     # only the TI and CLIF runs' six rows (confusion_core.*)
     .venv/bin/python benchmarks/confusion.py --quick --out /tmp/x   # smoke run on a tiny world (tests)
+
+Seeds are independent, so a run can be split into shards (one process or machine each) and merged:
+
+    python benchmarks/confusion.py --rows core --seeds 5 --out /tmp/a
+    python benchmarks/confusion.py --rows core --seeds 5 --seed-start 5 --out /tmp/b
+    python benchmarks/confusion.py --merge /tmp/a/confusion_core.json /tmp/b/confusion_core.json
 """
 
 from __future__ import annotations
@@ -355,6 +361,14 @@ def world_grid(world: World, args, path: Path) -> Path:
     return sample_grid(rows, path, "The world model: prompt -> six samples (64x64, shown 2x)")
 
 
+def reused_world_report(path: Path, world: World) -> dict:
+    """The world section of a `--world-only` report, refused unless it describes this world's components."""
+    section = json.loads(Path(path).read_text())["world"]
+    if {key: section.get(key) for key in ("recipe", "components")} != world.report():
+        raise SystemExit(f"--world-report {path}: it describes another world (components differ from {world.root})")
+    return section
+
+
 def world_only(world: World, args, started: float) -> dict:
     """Write the world's report (confusion_world.{json,md}) and its sample grid; no concepts are trained."""
     report = {"world": world_section(world, args), "settings": {k: v for k, v in vars(args).items() if k not in ("out", "world_root")},
@@ -374,7 +388,10 @@ def world_only(world: World, args, started: float) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=None, choices=sorted(ROW_SETS), help="row set (default: main; quick with --quick)")
-    parser.add_argument("--seeds", type=int, default=10, help="concept pairs, seeds 0..N-1 (default 10)")
+    parser.add_argument("--seeds", type=int, default=10, help="concept pairs: this many seeds (default 10)")
+    parser.add_argument("--seed-start", type=int, default=0, help="the first seed (a shard of a split run; default 0)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="REPORT",
+                        help="merge the <stem>.json reports of shards of one run into --out; nothing is run")
     parser.add_argument("--images", type=int, default=32, help="generated images per row and seed (default 32)")
     parser.add_argument("--clif-steps", type=int, default=200, help="stage-1 steps (training default)")
     parser.add_argument("--ti-steps", type=int, default=200, help="textual-inversion steps (training default)")
@@ -387,6 +404,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fidelity-renders", type=int, default=300, help="held-out renders for the VAE fidelity")
     parser.add_argument("--world-only", action="store_true",
                         help="only the world: judge accuracy, VAE and drawing fidelity, sample grid (confusion_world.*)")
+    parser.add_argument("--world-report", type=Path, default=None, metavar="JSON",
+                        help="take the world section (and its sample grid) from a --world-only run's confusion_world.json "
+                             "of the same world instead of measuring it again")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny world, 2 seeds, 4 images, 2 steps")
     parser.add_argument("--world-root", type=Path, default=None, help="world cache folder (default: cache_dir()/worlds)")
     parser.add_argument("--world-unet-stop", type=int, default=None,
@@ -397,6 +417,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick and args.out is None:
         parser.error("--quick writes smoke-run results; give --out (the committed results stay as they are)")
     args.out = args.out or RESULTS
+    if args.merge:
+        return merge_shards(args.merge, args.out)
     args.rows = args.rows or ("quick" if args.quick else "main")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -413,35 +435,78 @@ def main(argv: list[str] | None = None) -> dict:
     rows = ROW_SETS[args.rows]
     stem = "confusion" if args.rows in ("main", "quick") else f"confusion_{args.rows}"
     samples: dict = {}
-    world_report = world_section(world, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.rows in ("main", "core", "quick"):
-        world_grid(world, args, args.out / "confusion_world_samples.png")
+    if args.world_report:
+        world_report = reused_world_report(args.world_report, world)
+    else:
+        world_report = world_section(world, args)
+        if args.rows in ("main", "core", "quick"):
+            world_grid(world, args, args.out / "confusion_world_samples.png")
     per_seed: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="clif-confusion-") as tmp:
-        for seed in range(args.seeds):  # the results are rewritten after every seed: a cut run keeps what it did
+        for seed in range(args.seed_start, args.seed_start + args.seeds):  # rewritten after every seed: a cut run keeps what it did
             per_seed[seed] = run_seed(seed, world, rows, args, Path(tmp) / f"seed{seed}", samples)
-            report = write_report(args, stem, rows, per_seed, world_report, samples, started)
+            report = write_report(args, stem, per_seed, world_report, samples, started)
     print(markdown(report))
     return report
 
 
-def write_report(args, stem: str, rows: list[Row], per_seed: dict[int, dict], world_report: dict, samples: dict,
+def write_report(args, stem: str, per_seed: dict[int, dict], world_report: dict, samples: dict,
                  started: float) -> dict:
     """Summarise the seeds done so far and write `<stem>.json`, `<stem>.md` and the seed-0 sample grid."""
-    summary = summarise(per_seed, rows)
-    report = {
-        "rows_set": args.rows, "seeds": list(per_seed), "seeds_planned": args.seeds,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "world_root")},
-        "summary": summary, "goal": goal(per_seed, summary), "world": world_report, "per_seed": per_seed,
-        "environment": describe_environment({"shared_machine": True}), "seconds": time.perf_counter() - started,
-    }
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "world_root", "merge")}
+    report = summarised_report(args.rows, per_seed, args.seeds, settings, world_report)
+    report |= {"environment": describe_environment({"shared_machine": True}), "seconds": time.perf_counter() - started}
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     (args.out / f"{stem}.md").write_text(markdown(report))
     grid_rows = [(label, image[None]) for label, image in samples.get("concepts", [])]
     for name, first, second in samples.get("rows", []):
         grid_rows.append((f"{name}: <ann> and <bob> | <bob> and <ann>", np.concatenate([first, second])))
-    sample_grid(grid_rows, args.out / f"{stem}_samples.png", "Seed 0, the same noise for every row")
+    if grid_rows:  # a shard without seed 0 has no samples
+        sample_grid(grid_rows, args.out / f"{stem}_samples.png", "Seed 0, the same noise for every row")
+    return report
+
+
+def summarised_report(rows_set: str, per_seed: dict, seeds_planned: int, settings: dict, world_report: dict) -> dict:
+    """The report's figures: every row summarised over the seeds done, and the goal."""
+    summary = summarise(per_seed, ROW_SETS[rows_set])
+    return {
+        "rows_set": rows_set, "seeds": list(per_seed), "seeds_planned": seeds_planned, "settings": settings,
+        "summary": summary, "goal": goal(per_seed, summary), "world": world_report, "per_seed": per_seed,
+    }
+
+
+def merge_shards(paths: list[Path], out: Path) -> dict:
+    """One report from the reports of shards of one run (same rows and settings, disjoint seeds).
+
+    Writes `<stem>.json` / `<stem>.md` into `out` and copies the seed-0 sample grid from its shard.
+    """
+    shards = [json.loads(Path(path).read_text()) for path in paths]
+    first = shards[0]
+    fixed = {k: v for k, v in first["settings"].items() if k not in ("seed_start", "seeds")}
+    per_seed: dict = {}
+    for path, shard in zip(paths, shards, strict=True):
+        settings = {k: v for k, v in shard["settings"].items() if k not in ("seed_start", "seeds")}
+        if shard["rows_set"] != first["rows_set"] or settings != fixed:
+            raise SystemExit(f"{path}: rows or settings differ from {paths[0]}; shards of one run only")
+        overlap = set(per_seed) & set(shard["per_seed"])
+        if overlap:
+            raise SystemExit(f"{path}: seeds {sorted(overlap)} are in two shards")
+        per_seed |= shard["per_seed"]
+    per_seed = dict(sorted(per_seed.items(), key=lambda item: int(item[0])))
+    settings = {**fixed, "seeds": len(per_seed), "seed_start": min(map(int, per_seed)), "shards": [str(p) for p in paths]}
+    report = summarised_report(first["rows_set"], per_seed, sum(s["seeds_planned"] for s in shards), settings, first["world"])
+    report |= {"environment": first["environment"], "seconds": sum(s["seconds"] for s in shards),
+               "seconds_per_shard": [round(s["seconds"]) for s in shards]}
+    stem = Path(paths[0]).stem
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{stem}.md").write_text(markdown(report))
+    for path, shard in zip(paths, shards, strict=True):
+        grid = Path(path).with_name(f"{stem}_samples.png")
+        if "0" in shard["per_seed"] and grid.exists() and grid.resolve() != (out / grid.name).resolve():
+            (out / grid.name).write_bytes(grid.read_bytes())
+    print(markdown(report))
     return report
 
 

@@ -14,9 +14,14 @@ def confusion():
     return load_benchmark("confusion")
 
 
-def test_quick_run_writes_every_result(confusion, quick_world, tmp_path):
-    out = tmp_path / "results"
-    report = confusion.main(["--quick", "--out", str(out), "--world-root", str(quick_world.root)])
+@pytest.fixture(scope="module")
+def quick_run(confusion, quick_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("confusion") / "results"
+    return out, confusion.main(["--quick", "--out", str(out), "--world-root", str(quick_world.root)])
+
+
+def test_quick_run_writes_every_result(confusion, quick_run):
+    out, report = quick_run
     saved = json.loads((out / "confusion.json").read_text())
     rows = [row.name for row in confusion.ROW_SETS["quick"]]
     assert list(saved["summary"]) == rows
@@ -35,6 +40,24 @@ def test_quick_run_writes_every_result(confusion, quick_world, tmp_path):
     assert report["settings"]["quick"] is True
 
 
+def test_shards_merge_into_the_report_of_the_whole_run(confusion, quick_run, tmp_path):
+    out, _ = quick_run
+    whole = json.loads((out / "confusion.json").read_text())
+    paths = []
+    for seed in ("0", "1"):
+        shard = {**whole, "per_seed": {seed: whole["per_seed"][seed]}, "seeds_planned": 1,
+                 "settings": {**whole["settings"], "seeds": 1, "seed_start": int(seed)}}
+        paths.append(tmp_path / f"shard{seed}" / "confusion.json")
+        paths[-1].parent.mkdir()
+        paths[-1].write_text(json.dumps(shard))
+    (paths[0].parent / "confusion_samples.png").write_bytes((out / "confusion_samples.png").read_bytes())
+    merged = confusion.main(["--merge", *map(str, paths), "--out", str(tmp_path / "merged")])
+    assert merged["summary"] == whole["summary"] and merged["goal"] == whole["goal"]
+    assert (tmp_path / "merged" / "confusion_samples.png").read_bytes() == (out / "confusion_samples.png").read_bytes()
+    with pytest.raises(SystemExit, match="two shards"):
+        confusion.main(["--merge", str(paths[0]), str(paths[0]), "--out", str(tmp_path / "again")])
+
+
 def test_quick_needs_an_explicit_output_folder(confusion):
     with pytest.raises(SystemExit):
         confusion.main(["--quick"])
@@ -49,3 +72,8 @@ def test_world_only_reports_the_world_without_training(confusion, quick_world, t
     assert "Judge on 8 held-out renders" in (out / "confusion_world.md").read_text()
     assert (out / "confusion_world_samples.png").stat().st_size > 1000
     assert not (out / "confusion.json").exists()
+    assert confusion.reused_world_report(out / "confusion_world.json", quick_world) == saved["world"]
+    other = {**saved, "world": {**saved["world"], "recipe": {**saved["world"]["recipe"], "seed": 1}}}
+    (out / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="another world"):
+        confusion.reused_world_report(out / "other.json", quick_world)
