@@ -438,6 +438,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.world_report:
         world_report = reused_world_report(args.world_report, world)
+        grid = args.world_report.with_name("confusion_world_samples.png")
+        if grid.exists() and grid.resolve() != (args.out / grid.name).resolve():
+            (args.out / grid.name).write_bytes(grid.read_bytes())
     else:
         world_report = world_section(world, args)
         if args.rows in ("main", "core", "quick"):
@@ -454,7 +457,7 @@ def main(argv: list[str] | None = None) -> dict:
 def write_report(args, stem: str, per_seed: dict[int, dict], world_report: dict, samples: dict,
                  started: float) -> dict:
     """Summarise the seeds done so far and write `<stem>.json`, `<stem>.md` and the seed-0 sample grid."""
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "world_root", "merge")}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "world_root", "merge")}
     report = summarised_report(args.rows, per_seed, args.seeds, settings, world_report)
     report |= {"environment": describe_environment({"shared_machine": True}), "seconds": time.perf_counter() - started}
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))

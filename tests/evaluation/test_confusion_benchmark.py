@@ -15,12 +15,22 @@ def confusion():
 
 
 @pytest.fixture(scope="module")
-def quick_run(confusion, quick_world, tmp_path_factory):
+def world_only_run(confusion, quick_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("confusion") / "world"
+    confusion.main(["--quick", "--world-only", "--out", str(out), "--world-root", str(quick_world.root)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_run(confusion, quick_world, world_only_run, tmp_path_factory):
+    """The smoke run, reusing the world-only run's world section (as a real run after --world-only does)."""
     out = tmp_path_factory.mktemp("confusion") / "results"
-    return out, confusion.main(["--quick", "--out", str(out), "--world-root", str(quick_world.root)])
+    world_report = world_only_run / "confusion_world.json"
+    return out, confusion.main(["--quick", "--out", str(out), "--world-root", str(quick_world.root),
+                                "--world-report", str(world_report)])
 
 
-def test_quick_run_writes_every_result(confusion, quick_run):
+def test_quick_run_writes_every_result(confusion, quick_run, world_only_run):
     out, report = quick_run
     saved = json.loads((out / "confusion.json").read_text())
     rows = [row.name for row in confusion.ROW_SETS["quick"]]
@@ -38,6 +48,8 @@ def test_quick_run_writes_every_result(confusion, quick_run):
     for picture in ("confusion_samples.png", "confusion_world_samples.png"):
         assert (out / picture).stat().st_size > 1000
     assert report["settings"]["quick"] is True
+    world = json.loads((world_only_run / "confusion_world.json").read_text())["world"]
+    assert saved["world"] == world and report["settings"]["world_report"].endswith("confusion_world.json")
 
 
 def test_shards_merge_into_the_report_of_the_whole_run(confusion, quick_run, tmp_path):
@@ -63,9 +75,8 @@ def test_quick_needs_an_explicit_output_folder(confusion):
         confusion.main(["--quick"])
 
 
-def test_world_only_reports_the_world_without_training(confusion, quick_world, tmp_path):
-    out = tmp_path / "world"
-    confusion.main(["--quick", "--world-only", "--out", str(out), "--world-root", str(quick_world.root)])
+def test_world_only_reports_the_world_without_training(confusion, quick_world, world_only_run):
+    out = world_only_run
     saved = json.loads((out / "confusion_world.json").read_text())
     assert saved["world"]["components"]["judge"]["held_out"]["scenes"] == 8
     assert set(saved["world"]["drawing"]) >= {"1_toy", "2_toys"}
