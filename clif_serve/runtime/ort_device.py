@@ -85,7 +85,7 @@ class OrtDevice:
         import torch
 
         tensor = torch.from_numpy(value) if isinstance(value, np.ndarray) else torch.from_dlpack(value)
-        return tensor.to(str(self), non_blocking=True)
+        return tensor.to(str(self))
 
     def to_host(self, array) -> np.ndarray:
         """A numpy array of `array`'s values (for onnxruntime `run`, which adapters need)."""
@@ -106,6 +106,14 @@ class OrtDevice:
             raise ValueError(f"input {name} is not contiguous: bind a contiguous copy and keep it alive")
         pointer = array.data_ptr() if is_torch(array) else array.ctypes.data
         binding.bind_input(name, self.kind, self.index, np.dtype(dtype_name(array)), list(array.shape), pointer)
+
+    def synchronize(self) -> None:
+        """Wait for this device's pending torch work (concatenations, slot fills) before onnxruntime,
+        which runs on a stream of its own, reads the memory; nothing to wait for on the host."""
+        if self.is_cuda:
+            import torch
+
+            torch.cuda.synchronize(self.index)
 
     def bind_output(self, binding: ort.IOBinding, name: str) -> None:
         """Let onnxruntime allocate output `name` in this device's memory."""

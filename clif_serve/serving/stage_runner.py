@@ -85,6 +85,7 @@ class StageRunner:
             binding.bind_ortvalue_input(name, value)
         for name in self.output_names:
             self.device.bind_output(binding, name)
+        self.device.synchronize()
         self.session.run_with_iobinding(binding)
         return [self.device.from_ort(value) for value in binding.get_outputs()]
 
