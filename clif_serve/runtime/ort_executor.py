@@ -34,6 +34,7 @@ from clif_serve.lora.onnx import ActiveAdapter, load_adapter
 from clif_serve.lora.slots import DEFAULT_WAIT_SECONDS, SlotTable
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
+from clif_serve.runtime.ort_device import OrtDevice
 from clif_serve.runtime.resident_bank import ResidentBank
 from clif_serve.runtime.stage_inputs import unet_inputs
 
@@ -109,11 +110,11 @@ class OrtExecutor(Executor):
             feed = {name: t.numpy() for name, t in zip(signature.input_names, arrays, strict=True)}
             return [torch.from_numpy(out) for out in session.run(outputs, feed, run_options)]
         binding = session.io_binding()
+        host = OrtDevice()
         for name, tensor in zip(signature.input_names, arrays, strict=True):
-            dtype = np.int64 if tensor.dtype == torch.int64 else np.float32
-            binding.bind_input(name, "cpu", 0, dtype, list(tensor.shape), tensor.data_ptr())
+            host.bind_input(binding, name, tensor)
         for name in outputs:
-            binding.bind_output(name, "cpu")
+            host.bind_output(binding, name)
         session.run_with_iobinding(binding)
         return [torch.from_numpy(value.numpy()) for value in binding.get_outputs()]
 
