@@ -39,10 +39,11 @@ from clif_serve.bench.results import write_results
 from clif_serve.contract.folder import open_export
 from clif_serve.contract.stages import UNET, UNET_BANK
 from clif_serve.export.exporter import export_model
-from clif_serve.lora.bank import LoraBank, slot_buffers, with_bank
+from clif_serve.lora.bank import slot_buffers, with_bank
 from clif_serve.lora.naming import LORA_A_SUFFIX, LORA_B_SUFFIX
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.ort_executor import OrtSettings
+from clif_serve.runtime.resident_bank import ResidentBank
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from full_size_configs import SD15_UNET  # noqa: E402
@@ -83,10 +84,10 @@ def tiny_ort(export_dir: Path | None, rounds: int, warmup: int) -> dict:
         deployment = folder.deployment
         options = OrtSettings().session_options()
         sessions = {s: ort.InferenceSession(str(folder.onnx_path(s)), options) for s in (UNET, UNET_BANK)}
-        bank = LoraBank(deployment.spec, deployment.bank_slots, deployment.bank_rank)
+        resident = ResidentBank(deployment.spec, deployment.bank_slots, deployment.bank_rank)
 
         for slot in (1, 2):
-            bank.fill(slot, _random_lora(deployment.spec.lora_targets, deployment.bank_rank, seed=slot))
+            resident.bank.fill(slot, _random_lora(deployment.spec.lora_targets, deployment.bank_rank, seed=slot))
         generator = np.random.default_rng(0)
         side = deployment.height.opt // deployment.spec.vae_scale_factor
         feed = {
@@ -94,7 +95,7 @@ def tiny_ort(export_dir: Path | None, rounds: int, warmup: int) -> dict:
             "timestep": np.array([500.0, 500.0], np.float32),
             "encoder_hidden_states": generator.standard_normal((2, deployment.spec.max_length, 32), np.float32),
         }
-        bank_values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in bank.arrays.items()}
+        bank_values = resident.values
 
         def run_bank(slots):
             values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feed.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clif_serve.serving.options import BACKENDS, RepoOptions
+from clif_serve.serving.options import BACKENDS, DEVICES, RepoOptions
 from clif_serve.serving.parameters import ModelParameters
 
 # RepoOptions fields (first) and ModelParameters fields (second) set from integer flags.
@@ -42,6 +42,14 @@ def register(subparsers) -> None:
         "server); onnxruntime / tensorrt = native backends of NVIDIA's tritonserver container "
         f"(default: {repo_defaults.backend})",
     )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=repo_defaults.device,
+        help="where the Python-backend models run: cuda = KIND_GPU instances, onnxruntime's CUDA EP in the "
+        "python stage models and the pipeline's tensors kept on the GPU between stage calls "
+        f"(default: {repo_defaults.device})",
+    )
     for defaults, options in ((repo_defaults, _REPO_INTEGERS), (model_defaults, _MODEL_INTEGERS)):
         for name, text in options.items():
             default = getattr(defaults, name)
@@ -72,6 +80,6 @@ def run(args: argparse.Namespace) -> int:
         lora_adapters=args.lora_adapters,
         **{name: getattr(args, name) for name in _MODEL_INTEGERS},
     )
-    options = RepoOptions(backend=args.backend, models=models, **{name: getattr(args, name) for name in _REPO_INTEGERS})
+    options = RepoOptions(backend=args.backend, device=args.device, models=models, **{name: getattr(args, name) for name in _REPO_INTEGERS})
     print(build_repository(args.export, args.out, options, overwrite=args.force))
     return 0

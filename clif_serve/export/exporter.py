@@ -7,7 +7,7 @@ stage's trace is released, and a base model the exporter loaded itself loses eac
 soon as no later stage needs it. Only then, once every stage is traced and the PyTorch model is
 gone, does onnxruntime load the saved stages, again one at a time, to compare with the references.
 So a multi-GB UNet is never held by PyTorch and onnxruntime at once, the `unet_lora` stage shares
-the base UNet's weights (`traces.sharing_copy`), and no weight is hashed unless the recipe asks
+the base UNet's weights (`models.sharing.sharing_copy`), and no weight is hashed unless the recipe asks
 for a refittable TensorRT UNet (the weight map). Before loading a
 folder, `memory.check_export_memory` refuses an export that cannot fit, naming what it needs.
 

@@ -26,7 +26,7 @@ from onnx.external_data_helper import load_external_data_for_tensor, uses_extern
 from tqdm import tqdm
 
 from clif_serve.contract.folder import ENGINE_FILE, WEIGHT_MAP_FILE, ExportFolder
-from clif_serve.contract.stages import UNET, VAE_DECODER
+from clif_serve.contract.stages import UNET, UNET_BANK, VAE_DECODER
 from clif_serve.errors import ClifServeError
 from clif_serve.export.recipe import Recipe
 from clif_serve.export.weight_map import lora_target_initializers, read_weight_map
@@ -62,15 +62,20 @@ def stage_profiles(
     profiles = []
     for profile in recipe.tensorrt.profiles:
         narrowed = {"batch": profile.batch, "height": profile.height, "width": profile.width}
-        profiles.append({t.name: deployment.shape_ranges(t, narrowed) for t in signature.inputs})
+        # unet_bank's bank inputs are engine inputs too, at their one shape (min = opt = max).
+        tensors = (*signature.inputs, *signature.bank_inputs)
+        profiles.append({t.name: deployment.shape_ranges(t, narrowed) for t in tensors})
     return profiles
 
 
 def engine_stages(folder: ExportFolder) -> tuple[str, ...]:
     """Stages built as engines: the text encoder(s), the UNet stage(s) a request can reach on
-    TensorRT (no adapters: `unet_lora` as the base UNet of a merged export, or for regions), the VAE decoder."""
+    TensorRT (no adapters: `unet_lora` as the base UNet of a merged export, or for regions), `unet_bank`
+    when the export has one (for `TensorRTBankRunner`; the Triton tensorrt backend cannot keep its bank),
+    the VAE decoder."""
     routing = folder.deployment.routing(adapters=False)
-    return (*folder.spec.text_encoder_names, *routing.stages, VAE_DECODER)
+    bank = (UNET_BANK,) if folder.deployment.has_unet_bank else ()
+    return (*folder.spec.text_encoder_names, *routing.stages, *bank, VAE_DECODER)
 
 
 def build_engine(folder: ExportFolder, stage: str, recipe: Recipe, refittable: bool) -> dict:

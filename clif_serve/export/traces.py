@@ -19,7 +19,6 @@ Inputs are deterministic (seeded) so an export's parity figures are reproducible
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from clif_serve.lora.weights import LoraWeights
 from clif_serve.models import regional_attention
 from clif_serve.models.concept_text_encoder import ConceptTextEncoder
 from clif_serve.models.loading import BaseModel
+from clif_serve.models.sharing import sharing_copy
 from clif_serve.models.spec import ModelSpec, TextEncoderSpec
 
 # Rank of the LoRA layers traced into `unet_lora`; the rank axis is dynamic, so any rank runs.
@@ -347,15 +347,6 @@ def parity_lora(unet: nn.Module, spec: ModelSpec, rank: int, generator: torch.Ge
         up *= PARITY_LORA_RELATIVE_NORM * torch.linalg.matrix_norm(weight) / torch.linalg.matrix_norm(up @ down)
         tensors[module + LORA_A_SUFFIX], tensors[module + LORA_B_SUFFIX] = down, up
     return tuple(tensors[name] for name in lora_input_names(spec))
-
-
-def sharing_copy(module: nn.Module) -> nn.Module:
-    """A copy of `module`'s structure that shares its parameters and buffers (no weight is copied).
-
-    Adding peft LoRA layers to the copy wraps the copy's Linear modules and leaves `module` as it was.
-    """
-    memo = {id(tensor): tensor for tensor in (*module.parameters(), *module.buffers())}
-    return copy.deepcopy(module, memo)
 
 
 def unet_lora_trace(base: BaseModel, deployment: Deployment) -> StageTrace:

@@ -19,6 +19,7 @@ or clears one slot. Which slot holds which set is `clif_serve.lora.slots.SlotTab
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from clif_serve.lora.naming import (
     bank_module,
 )
 from clif_serve.lora.weights import LoraWeights
+from clif_serve.models.sharing import sharing_copy
 from clif_serve.models.spec import ModelSpec
 
 # The buffer of every BankLinear that holds the per-sample slot index (one tensor fed to all).
@@ -70,8 +72,7 @@ def with_bank(unet: nn.Module, spec: ModelSpec, slots: int, rank: int, share_wei
 
     `share_weights`: the copy uses the same parameter tensors as `unet` (no second set of weights).
     """
-    memo = {id(t): t for t in (*unet.parameters(), *unet.buffers())} if share_weights else None
-    banked = copy.deepcopy(unet, memo)
+    banked = sharing_copy(unet) if share_weights else copy.deepcopy(unet)
     for module in sorted(spec.lora_targets):
         parent_name, _, child = module.rpartition(".")
         parent = banked.get_submodule(parent_name) if parent_name else banked
@@ -88,19 +89,26 @@ class LoraBank:
     """The bank's arrays for one base model: `slots` slots (slot 0 = no LoRA) of rank `rank`.
 
     Arrays are float32 and contiguous, named like the `unet_bank` inputs; `fill` and `clear` write
-    one slot in place, so views of them (OrtValues, torch tensors) see the change without a copy.
+    one slot in place, so views of them (OrtValues, torch tensors) see the change without a copy, and
+    a bank over a session's device buffers (`storage`) fills those buffers directly.
     A caller must not fill a slot a running execution reads (the slot table guarantees it).
     """
 
-    def __init__(self, spec: ModelSpec, slots: int, rank: int):
+    def __init__(self, spec: ModelSpec, slots: int, rank: int, storage: Mapping | None = None):
+        """`storage`: the zeroed float32 arrays to fill, by bank input name (writable views of buffers that
+        a session reads, e.g. `ResidentBank`'s OrtValues; numpy arrays or torch tensors); default: new
+        numpy arrays."""
         if slots < 2 or rank < 1:
             raise ValueError(f"a LoRA bank needs slots >= 2 (slot 0 is no LoRA) and rank >= 1, got {slots}, {rank}")
         self.spec = spec
         self.slots = slots
         self.rank = rank
-        self.arrays = {
-            name: np.zeros(bank_input_shape(spec, name, slots, rank), np.float32) for name in bank_input_names(spec)
-        }
+        shapes = {name: bank_input_shape(spec, name, slots, rank) for name in bank_input_names(spec)}
+        if storage is None:
+            storage = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
+        if set(storage) != set(shapes) or any(tuple(storage[name].shape) != shape for name, shape in shapes.items()):
+            raise ValueError("the bank's storage must hold exactly its inputs, each of its [S, R, in] / [S, out, R] shape")
+        self.arrays = dict(storage)
 
     @property
     def nbytes_per_slot(self) -> int:
@@ -122,7 +130,7 @@ class LoraBank:
             _, key = bank_module(name)
             if key not in lora.tensors:
                 continue
-            value = scaled_up(lora, key).numpy()
+            value = scaled_up(lora, key)  # a CPU torch tensor: numpy and torch (any device) targets take it
             if name.endswith(BANK_A_SUFFIX):
                 array[slot, : lora.rank, :] = value
             else:

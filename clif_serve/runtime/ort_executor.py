@@ -8,7 +8,7 @@ recently used one that no request holds is dropped beyond `OrtSettings.adapter_c
 An export with `unet_bank` runs every other set there instead: the set goes into a slot of the
 executor's LoRA bank when a request first needs it (`SlotTable`: pinned until the request ends,
 waiting up to `OrtSettings.bank_wait_seconds` for a free slot), the bank stays resident as
-OrtValues over the bank's arrays (a fill writes them in place), and each call feeds the slot index.
+OrtValues (`ResidentBank`: a fill writes them in place), and each call feeds the slot index.
 
 Runs are plain `InferenceSession.run` calls by default. IOBinding (binding the torch tensors'
 memory) is a setting: on CPU it was not faster end to end (benchmarks/pipeline_speed.py, tiny,
@@ -29,12 +29,13 @@ import torch
 
 from clif_serve.contract.folder import ExportFolder, open_export
 from clif_serve.contract.stages import UNET_BANK, VAE_DECODER
-from clif_serve.lora.bank import LoraBank
 from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.onnx import ActiveAdapter, load_adapter
 from clif_serve.lora.slots import DEFAULT_WAIT_SECONDS, SlotTable
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
+from clif_serve.runtime.ort_device import OrtDevice
+from clif_serve.runtime.resident_bank import ResidentBank
 from clif_serve.runtime.stage_inputs import unet_inputs
 
 
@@ -89,10 +90,9 @@ class OrtExecutor(Executor):
         self._adapters: PinnedCache[ActiveAdapter] = PinnedCache(settings.adapter_capacity)
         self.slots = None
         if self.deployment.has_unet_bank:
-            bank = LoraBank(self.spec, self.deployment.bank_slots, self.deployment.bank_rank)
-            self.slots = SlotTable(bank, settings.bank_wait_seconds)
-            # OrtValues over the bank's own arrays: resident between calls, and fills show through.
-            self._bank_values = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in bank.arrays.items()}
+            # OrtValues resident between calls; fills write into them (the served stage's bank too).
+            self._bank = ResidentBank(self.spec, self.deployment.bank_slots, self.deployment.bank_rank)
+            self.slots = SlotTable(self._bank.bank, settings.bank_wait_seconds)
 
     def session(self, stage: str) -> ort.InferenceSession:
         """The onnxruntime session of one stage (e.g. to read its options or inputs)."""
@@ -110,11 +110,11 @@ class OrtExecutor(Executor):
             feed = {name: t.numpy() for name, t in zip(signature.input_names, arrays, strict=True)}
             return [torch.from_numpy(out) for out in session.run(outputs, feed, run_options)]
         binding = session.io_binding()
+        host = OrtDevice()
         for name, tensor in zip(signature.input_names, arrays, strict=True):
-            dtype = np.int64 if tensor.dtype == torch.int64 else np.float32
-            binding.bind_input(name, "cpu", 0, dtype, list(tensor.shape), tensor.data_ptr())
+            host.bind_input(binding, name, tensor)
         for name in outputs:
-            binding.bind_output(name, "cpu")
+            host.bind_output(binding, name)
         session.run_with_iobinding(binding)
         return [torch.from_numpy(value.numpy()) for value in binding.get_outputs()]
 
@@ -124,7 +124,7 @@ class OrtExecutor(Executor):
         arrays = [t.detach().to("cpu", torch.float32).contiguous().numpy() for t in tensors]
         arrays.append(np.full(len(arrays[0]), slot, np.int64))
         feed = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in zip(signature.input_names, arrays, strict=True)}
-        outputs = self._sessions[UNET_BANK].run_with_ort_values(list(signature.output_names), feed | self._bank_values)
+        outputs = self._sessions[UNET_BANK].run_with_ort_values(list(signature.output_names), feed | self._bank.values)
         return torch.from_numpy(outputs[0].numpy())
 
     def encode_text(self, encoder_index, input_ids, concept_table):

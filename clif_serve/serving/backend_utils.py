@@ -16,6 +16,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from clif_serve.errors import InputError
+from clif_serve.runtime.ort_device import OrtDevice
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +25,27 @@ class StageError(RuntimeError):
     """A stage model answered a BLS request with an error."""
 
 
-def inputs_of(request, names: Iterable[str]) -> dict[str, np.ndarray]:
-    """The request's tensors among `names` as numpy arrays (absent optional inputs left out)."""
+def inputs_of(request, names: Iterable[str], device: OrtDevice = OrtDevice()) -> dict:
+    """The request's tensors among `names` as arrays of `device` (absent optional inputs left out):
+    numpy on the host; on CUDA numeric tensors on the GPU, taken over DLPack where Triton handed them
+    in GPU memory (`FORCE_CPU_ONLY_INPUT_TENSORS: no`), copied there once otherwise."""
     tensors = ((name, pb_utils.get_input_tensor_by_name(request, name)) for name in names)
-    return {name: tensor.as_numpy() for name, tensor in tensors if tensor is not None}
+    return {
+        name: device.asarray(tensor.as_numpy() if tensor.is_cpu() else tensor)
+        for name, tensor in tensors
+        if tensor is not None
+    }
 
 
-def response(outputs: Mapping[str, np.ndarray]):
+def pb_tensor(name: str, value):
+    """A `pb_utils.Tensor`: numpy arrays (strings included) by value, anything else (torch tensors on
+    the host or a GPU) over DLPack, in the memory it is in."""
+    return pb_utils.Tensor(name, value) if isinstance(value, np.ndarray) else pb_utils.Tensor.from_dlpack(name, value)
+
+
+def response(outputs: Mapping[str, object]):
     """A successful response with the given output tensors."""
-    return pb_utils.InferenceResponse([pb_utils.Tensor(name, value) for name, value in outputs.items()])
+    return pb_utils.InferenceResponse([pb_tensor(name, value) for name, value in outputs.items()])
 
 
 def error_response(exc: BaseException):
@@ -45,14 +58,23 @@ def error_response(exc: BaseException):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
 
 
-def bls_call(model: str, inputs: Mapping[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Run another model of this server (Business Logic Scripting) and return the named outputs."""
+def bls_call(model: str, inputs: Mapping[str, object], outputs: tuple[str, ...], device: str = "cpu") -> dict:
+    """Run another model of this server (Business Logic Scripting); the named outputs as DLPack capsules.
+
+    Tensors go in over DLPack where they are (`pb_tensor`); on a CUDA `device` the request asks for its
+    outputs in that GPU's memory (`PreferredMemory`), so a step's tensors never cross to the host.
+    """
+    where = OrtDevice.parse(device)
+    memory = {}
+    if where.is_cuda:
+        memory["preferred_memory"] = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU, where.index)
     request = pb_utils.InferenceRequest(
         model_name=model,
-        inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
+        inputs=[pb_tensor(name, value) for name, value in inputs.items()],
         requested_output_names=list(outputs),
+        **memory,
     )
     result = request.exec()
     if result.has_error():
         raise StageError(f"{model}: {result.error().message()}")
-    return {name: pb_utils.get_output_tensor_by_name(result, name).as_numpy() for name in outputs}
+    return {name: pb_utils.get_output_tensor_by_name(result, name).to_dlpack() for name in outputs}

@@ -78,16 +78,21 @@ def model_config(
     instances: int | None = None,
     queue_delay_us: int | None = None,
     parameters: Mapping[str, object] | None = None,
+    instance_kind: str | None = None,
 ) -> pb.ModelConfig:
-    """A complete config for model `name` from a template; None keeps the template's value."""
+    """A complete config for model `name` from a template; None keeps the template's value.
+
+    `instance_kind`: KIND_CPU or KIND_GPU for every instance group."""
     config = read_config(template)
     config.name = name
     set_tensors(config, inputs, outputs)
     if max_batch_size is not None:
         config.max_batch_size = max_batch_size
-    if instances is not None:
-        for group in config.instance_group:
+    for group in config.instance_group:
+        if instances is not None:
             group.count = instances
+        if instance_kind is not None:
+            group.kind = pb.ModelInstanceGroup.Kind.Value(instance_kind)
     if queue_delay_us is not None and config.HasField("dynamic_batching"):
         config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     set_parameters(config, parameters or {})

@@ -23,6 +23,8 @@ class ModelContext:
     parameters: ModelParameters
     version_dir: Path
     repo_root: Path
+    # Where the instance runs: "cpu", or "cuda:N" for a KIND_GPU instance on GPU N (a torch device string).
+    device: str = "cpu"
 
     def folder(self) -> ExportFolder:
         """The export manifest (the `Deployment`) and tokenizers `clif-serve repo` copied next to model.py."""
@@ -39,4 +41,10 @@ def model_context(args: dict) -> ModelContext:
         parameters=ModelParameters.from_config(config.get("parameters", {})),
         version_dir=model_dir / args["model_version"],
         repo_root=model_dir.parent,
+        device=instance_device(args.get("model_instance_kind", "CPU"), args.get("model_instance_device_id", "0")),
     )
+
+
+def instance_device(kind: str, device_id: str) -> str:
+    """The torch device string of a model instance from Triton's `model_instance_kind` / `_device_id`."""
+    return f"cuda:{int(device_id or 0)}" if kind.upper().endswith("GPU") else "cpu"

@@ -6,8 +6,9 @@ the concept store on a miss, which the request's pipeline pinned for the request
 sends all requests through ONE onnxruntime call with each sample's slot index; the slots are held
 until that call returns. A batch naming more sets than the bank holds runs in several calls (one
 stage instance runs one batch at a time, so the only holders are the batch's own requests and
-waiting could never end). The bank arrays are allocated once and fed on every call; a fill writes
-one slot in place, never one a running call reads.
+waiting could never end). The bank is a `ResidentBank`: OrtValues allocated once on the stage's
+device and bound to every call (IOBinding); a fill writes one slot of them in place, never one a
+running call reads.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnxruntime as ort
 
 from clif_serve.contract.stages import LORA_SLOT
-from clif_serve.lora.bank import LoraBank
 from clif_serve.lora.slots import SlotTable
+from clif_serve.runtime.ort_device import OrtDevice
+from clif_serve.runtime.resident_bank import ResidentBank
 from clif_serve.serving.context import ModelContext
 from clif_serve.serving.lora_adapters import stage_store
 from clif_serve.serving.stage_runner import Feed, StageRunner
@@ -27,15 +30,17 @@ from clif_serve.serving.stage_runner import Feed, StageRunner
 class ServedBank:
     """A stage model's LoRA bank and the store its sets come from."""
 
-    def __init__(self, context: ModelContext):
+    def __init__(self, context: ModelContext, device: OrtDevice = OrtDevice()):
         deployment = context.folder().deployment
         self.store = stage_store(context)
-        self.table = SlotTable(LoraBank(deployment.spec, deployment.bank_slots, deployment.bank_rank))
+        self.device = device
+        self.resident = ResidentBank(deployment.spec, deployment.bank_slots, deployment.bank_rank, device)
+        self.table = SlotTable(self.resident.bank)
 
     @property
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The bank inputs, fed on every call."""
-        return self.table.bank.arrays
+    def values(self) -> dict[str, ort.OrtValue]:
+        """The bank inputs, bound to every call."""
+        return self.resident.values
 
     def run(self, runner: StageRunner, feeds: Sequence[Feed], lora_ids: Sequence[str | None]) -> list:
         """Outputs per feed (or its exception), requests of up to `sets` distinct LoRA sets per call."""
@@ -63,7 +68,7 @@ class ServedBank:
                             results[index] = exc
             chunk = [index for index in chunk if lora_ids[index] is None or lora_ids[index] in held]
             try:
-                with_slots = [_with_slot(feeds[i], slots[lora_ids[i]]) for i in chunk]
+                with_slots = [self._with_slot(feeds[i], slots[lora_ids[i]]) for i in chunk]
                 for index, result in zip(chunk, runner.run(with_slots), strict=True):
                     results[index] = result
             finally:
@@ -72,6 +77,6 @@ class ServedBank:
         return results
 
 
-def _with_slot(feed: Feed, slot: int) -> dict[str, np.ndarray]:
-    samples = len(next(iter(feed.values())))
-    return {**feed, LORA_SLOT: np.full(samples, slot, np.int64)}
+    def _with_slot(self, feed: Feed, slot: int) -> dict:
+        samples = len(next(iter(feed.values())))
+        return {**feed, LORA_SLOT: self.device.asarray(np.full(samples, slot, np.int64))}

@@ -8,6 +8,7 @@ from clif_serve.errors import InputError
 from clif_serve.serving.parameters import ModelParameters
 
 BACKENDS = ("python", "onnxruntime", "tensorrt")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,10 @@ class RepoOptions:
     """
 
     backend: str = "python"
+    # Where the Python-backend models run: cpu, or cuda (KIND_GPU instances: the stage models on
+    # onnxruntime's CUDA EP, the pipeline's tensors and sampling loop on the GPU; docs/performance.md
+    # section 4). The native backends' stage templates are KIND_GPU whatever this says.
+    device: str = "cpu"
     pipeline_instances: int = 4
     stage_instances: int = 1
     # Dynamic-batching queue delays. The text encoders' compute is ~0.3 % of a request (1.25 ms of
@@ -38,6 +43,8 @@ class RepoOptions:
         """Raise InputError naming a bad option."""
         if self.backend not in BACKENDS:
             raise InputError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.device not in DEVICES:
+            raise InputError("device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
         values = {
             "pipeline_instances": (self.pipeline_instances, 1),
             "stage_instances": (self.stage_instances, 1),

@@ -30,6 +30,9 @@ DEFAULT_PREFIX = "default."
 LIMIT_PREFIX = "limit."
 FORMAT_PREFIX = "format."
 PUBLISHED_PREFIXES = (DEFAULT_PREFIX, LIMIT_PREFIX, FORMAT_PREFIX)
+# The python backend's own parameter (read by Triton, not by the models): "no" hands a model its
+# inputs in the memory they were sent in (GPU tensors of BLS calls stay on the GPU).
+FORCE_CPU_ONLY_INPUT_TENSORS = "FORCE_CPU_ONLY_INPUT_TENSORS"
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,15 @@ class ModelParameters:
     @classmethod
     def from_config(cls, parameters: dict) -> ModelParameters:
         """From a model config's `parameters` (JSON form: `{key: {"string_value": ...}}`); unknown keys are
-        errors, absent keys keep their defaults, published request facts (`default.*`, `limit.*`) are skipped."""
+        errors, absent keys keep their defaults, published request facts (`default.*`, `limit.*`) and the
+        python backend's own `FORCE_CPU_ONLY_INPUT_TENSORS` are skipped."""
         hints = get_type_hints(cls)
         known = {field.name for field in fields(cls)}
-        parameters = {key: value for key, value in parameters.items() if not key.startswith(PUBLISHED_PREFIXES)}
+        parameters = {
+            key: value
+            for key, value in parameters.items()
+            if not key.startswith(PUBLISHED_PREFIXES) and key != FORCE_CPU_ONLY_INPUT_TENSORS
+        }
         unknown = sorted(set(parameters) - known)
         if unknown:
             raise ModelFolderError(f"unknown model parameters {unknown}; this clif-serve knows {sorted(known)}")

@@ -14,7 +14,9 @@ tritonserver container. `clif_pipeline` and `clif_concepts` are Python-backend m
 Which stages are written follows the deployment's LoRA routing on the backend (`unet_lora` only
 where a request can reach it). Every Python-backend model gets the export manifest (the
 `Deployment`) and one typed `ModelParameters`; `clif_pipeline`'s config also publishes the request
-defaults and limits (`request_parameters`). The repository is written to a temporary folder
+defaults and limits (`request_parameters`). `--device cuda` writes the Python-backend models with
+KIND_GPU instances and the python stage models with `FORCE_CPU_ONLY_INPUT_TENSORS: no` (the
+GPU-resident BLS path, docs/performance.md section 4; not run here, no GPU). The repository is written to a temporary folder
 next to `out` and renamed into place.
 """
 
@@ -31,7 +33,7 @@ from clif_serve.errors import InputError, ModelFolderError
 from clif_serve.paths import staging_dir
 from clif_serve.serving.configs import model_config, write_config
 from clif_serve.serving.options import RepoOptions
-from clif_serve.serving.parameters import request_parameters
+from clif_serve.serving.parameters import FORCE_CPU_ONLY_INPUT_TENSORS, request_parameters
 from clif_serve.serving.protocol import (
     CONCEPTS_INPUTS,
     CONCEPTS_MODEL,
@@ -79,6 +81,10 @@ class _Builder:
         self.routing = self.deployment.routing(self.adapters)
         # The python models run the routing of this backend: adapters only where unet_lora takes them.
         self.parameters = replace(options.models, lora_adapters=self.adapters).to_config()
+        # A CUDA repository: KIND_GPU python models; stages take BLS inputs in the memory they come in.
+        self.cuda = options.device == "cuda"
+        self.instance_kind = "KIND_GPU" if self.cuda else None
+        self.stage_parameters = {**self.parameters, **({FORCE_CPU_ONLY_INPUT_TENSORS: "no"} if self.cuda else {})}
 
     def version_dir(self, model: str) -> Path:
         return self.root / model / VERSION
@@ -99,7 +105,8 @@ class _Builder:
             max_batch_size=self.deployment.batch.max,
             instances=self.options.stage_instances,
             queue_delay_us=self.options.text_encoder_delay_us if is_text else self.options.unet_delay_us,
-            parameters=self.parameters if backend == "python" else None,
+            parameters=self.stage_parameters if backend == "python" else None,
+            instance_kind=self.instance_kind if backend == "python" else None,
         )
         write_config(config, self.root / name / "config.pbtxt")
         target = self.version_dir(name)
@@ -126,6 +133,7 @@ class _Builder:
             outputs,
             instances=instances,
             parameters={**self.parameters, **(published or {})},
+            instance_kind=self.instance_kind,
         )
         write_config(config, self.root / name / "config.pbtxt")
         target = self.version_dir(name)

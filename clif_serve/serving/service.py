@@ -42,7 +42,9 @@ class ServedPipeline:
         store = resolve_store(context.parameters.concept_store, context.repo_root, deployment.spec)
         self.store = StoreSync(store, deployment.spec, max_pack_bytes=context.parameters.max_pack_bytes)
         routing = deployment.routing(context.parameters.lora_adapters)
-        executor = TritonExecutor(deployment, call, routing, pin=self.store.store.pin_lora)
+        executor = TritonExecutor(
+            deployment, call, routing, pin=self.store.store.pin_lora, device=torch.device(context.device)
+        )
         self.pipeline = ConceptPipeline(executor, folder.tokenizers(), self.store.registry, deployment.limits)
 
     def handle(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:

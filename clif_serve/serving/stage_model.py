@@ -6,11 +6,16 @@ names each request's LoRA set; a request without it (or with an empty one) runs 
 Every request is checked alone (`StageRequestCheck`) before it joins the batch's onnxruntime run,
 so a bad request fails alone and its batch-mates are answered. `unet_bank` takes `lora_id` too and
 runs the requests of different LoRA sets together, with its resident bank (`ServedBank`).
+
+The model's device is its instance's (`KIND_GPU` instances run onnxruntime's CUDA EP on their GPU;
+`clif-serve repo --device cuda` writes them with `FORCE_CPU_ONLY_INPUT_TENSORS: no`, so BLS inputs
+arrive in the memory they were sent in and go to onnxruntime by device pointer). Not run on a GPU.
 """
 
 from __future__ import annotations
 
 from clif_serve.contract.stages import UNET_BANK
+from clif_serve.runtime.ort_device import OrtDevice
 from clif_serve.serving.backend_utils import error_response, inputs_of, response
 from clif_serve.serving.context import model_context
 from clif_serve.serving.signatures import LORA_ID_INPUT
@@ -28,10 +33,11 @@ class StageModel:
         served = {entry["name"] for entry in context.config["input"]}
         takes_lora_id = LORA_ID_INPUT in served
         adapters, self.bank = None, None
+        self.device = OrtDevice.parse(context.device)
         if context.name == UNET_BANK:
             from clif_serve.serving.lora_bank import ServedBank
 
-            self.bank = ServedBank(context)
+            self.bank = ServedBank(context, self.device)
         elif takes_lora_id:
             from clif_serve.serving.lora_adapters import adapter_cache
 
@@ -44,7 +50,8 @@ class StageModel:
             signature.output_names,
             intra_op_threads=context.parameters.intra_op_threads,
             adapter_options=adapters,
-            resident=self.bank.arrays if self.bank is not None else None,
+            resident=self.bank.values if self.bank is not None else None,
+            device=self.device,
         )
 
     def execute(self, requests):
@@ -52,7 +59,7 @@ class StageModel:
         feeds, adapters, members = [], [], []
         for index, request in enumerate(requests):
             try:
-                feed, adapter = self.check(inputs_of(request, self.input_names))
+                feed, adapter = self.check(inputs_of(request, self.input_names, self.device))
             except Exception as exc:  # this request alone fails; the batch runs without it
                 responses[index] = error_response(exc)
                 continue

@@ -15,10 +15,14 @@ deployment contract first, and a request that fails gets its own error while the
 * region inputs (unet_lora with region slots): `region_masks` are masks on the sample's latent
   grid, weights in [0, 1] whose sum over the slots is at most 1 at every cell (regions do not
   overlap, docs/regions.md); `region_hidden_states` are finite like every float tensor.
+
+The checks read numpy arrays (host) and torch tensors (a CUDA stage's inputs, checked on the GPU)
+alike.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,6 +32,7 @@ from clif_serve.contract.deployment import Deployment
 from clif_serve.contract.stages import BATCH, CONCEPT_ROWS, REGION_MASKS, Axis, TensorSpec
 from clif_serve.errors import InputError
 from clif_serve.lora.weights import validate_set_id
+from clif_serve.runtime.ort_device import array_module, dtype_name
 from clif_serve.runtime.regions import OVERLAP_TOLERANCE
 from clif_serve.serving.signatures import request_tensors
 
@@ -89,17 +94,17 @@ class StageRequestCheck:
 
     def _check_array(self, tensor: TensorSpec, array: np.ndarray) -> None:
         name = tensor.name
-        if array.dtype != np.dtype(tensor.dtype):
-            raise InputError(name, f"must be {tensor.dtype}, got {array.dtype}")
+        if dtype_name(array) != np.dtype(tensor.dtype).name:
+            raise InputError(name, f"must be {tensor.dtype}, got {dtype_name(array)}")
         dims = self._dims[name]
         if array.ndim != len(dims) + 1:
             raise InputError(name, f"must have {len(dims) + 1} dimensions (batch first), got shape {list(array.shape)}")
         for axis, (dim, value) in enumerate(zip(dims, array.shape[1:], strict=True), start=1):
             dim.check(name, axis, value)
-        if array.dtype.kind == "f":
-            if not np.isfinite(array).all():
+        if np.dtype(tensor.dtype).kind == "f":
+            if not array_module(array).isfinite(array).all():
                 raise InputError(name, "contains NaN or Inf values")
-        elif self._id_limit is not None and array.size and (array.min() < 0 or array.max() >= self._id_limit):
+        elif self._id_limit is not None and _size(array) and (array.min() < 0 or array.max() >= self._id_limit):
             raise InputError(
                 name,
                 f"token ids must be in [0, {self._id_limit}) (vocabulary, then the concept table's rows), "
@@ -126,12 +131,17 @@ class StageRequestCheck:
 
 def _check_region_masks(masks: np.ndarray, latent: tuple[int, ...]) -> None:
     """`region_masks [B, R, h, w]`: on the sample's latent grid, weights in [0, 1], not overlapping."""
-    if masks.shape[2:] != latent:
+    if tuple(masks.shape[2:]) != tuple(latent):
         raise InputError(REGION_MASKS, f"masks are {list(masks.shape[2:])}, the sample's latent grid is {list(latent)}")
-    if masks.size and (masks.min() < 0 or masks.max() > 1):
+    if _size(masks) and (masks.min() < 0 or masks.max() > 1):
         raise InputError(REGION_MASKS, "weights must lie in [0, 1]")
-    if masks.size and masks.sum(axis=1).max() > 1 + OVERLAP_TOLERANCE:
+    if _size(masks) and masks.sum(axis=1).max() > 1 + OVERLAP_TOLERANCE:
         raise InputError(REGION_MASKS, "regions overlap: the slots' weights sum to more than 1 at some cell")
+
+
+def _size(array) -> int:
+    """Elements of a numpy array or torch tensor (torch's `.size` is a method)."""
+    return math.prod(array.shape)
 
 
 def _dim(dim, deployment: Deployment, ranges, multiple: int) -> _Dim:

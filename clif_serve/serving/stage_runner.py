@@ -5,7 +5,13 @@ adapter are concatenated along the batch dimension, run as ONE onnxruntime call,
 are split back per request. Requests naming different concepts batch together, because concepts
 travel as per-sample concept tables; requests of different LoRA adapters never share a run (the
 LoRA bank of `unet_bank` exists for that: its slot index is one more per-sample input, and the bank
-itself is a `resident` feed, the same arrays on every run).
+itself is `resident`, the same OrtValues bound to every run).
+
+Runs go through IOBinding on the session's device (`OrtDevice`): inputs are bound from their memory
+(numpy on the host; CUDA torch tensors by device pointer) and outputs are allocated by onnxruntime
+on the same device and handed back over DLPack, so on CUDA no tensor crosses to the host. Adapter
+runs are the exception: onnxruntime applies LoRA adapters to `run` only, not to IOBinding runs, so
+they take the host path (`run` with numpy arrays). The CUDA side has not been run (no GPU here).
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-Feed = Mapping[str, np.ndarray]
+from clif_serve.runtime.ort_device import OrtDevice, dtype_name
+
+# name -> array (numpy on the host, torch on CUDA: `OrtDevice.asarray`)
+Feed = Mapping[str, object]
 # LoRA set id -> the RunOptions that activate its adapter
 AdapterOptions = Callable[[str], ort.RunOptions]
 
@@ -31,7 +40,8 @@ class StageRunner:
         output_names: Sequence[str],
         intra_op_threads: int = 0,
         adapter_options: AdapterOptions | None = None,
-        resident: Feed | None = None,
+        resident: Mapping[str, ort.OrtValue] | None = None,
+        device: OrtDevice = OrtDevice(),
     ):
         options = ort.SessionOptions()
         if intra_op_threads > 0:
@@ -39,7 +49,8 @@ class StageRunner:
         # Idle worker threads must not spin: the pipeline's process needs the cores between UNet calls.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # zero-initialised LoRA inputs otherwise warn per input
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.device = device
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=device.providers)
         self.input_names = tuple(input_names)
         self.output_names = tuple(output_names)
         self.adapter_options = adapter_options
@@ -48,43 +59,53 @@ class StageRunner:
     def _group_key(self, feed: Feed, adapter: str | None) -> tuple:
         return (
             adapter,
-            tuple((name, feed[name].shape[1:], feed[name].dtype.str) for name in self.input_names),
+            tuple((name, tuple(feed[name].shape[1:]), dtype_name(feed[name])) for name in self.input_names),
         )
 
-    def _run_options(self, adapter: str | None) -> ort.RunOptions | None:
-        if adapter is None:
-            return None
-        if self.adapter_options is None:
-            raise ValueError("this stage has no LoRA adapters")
-        return self.adapter_options(adapter)
-
-    def _batch(self, feeds: Sequence[Feed]) -> Feed:
+    def _batch(self, feeds: Sequence[Feed]) -> dict:
         """The group's feeds as one: a lone request's arrays as they are (no copy), else concatenated."""
         if len(feeds) == 1:
             return {name: feeds[0][name] for name in self.input_names}
-        return {name: np.concatenate([feed[name] for feed in feeds]) for name in self.input_names}
+        return {name: self.device.concatenate([feed[name] for feed in feeds]) for name in self.input_names}
 
-    def run(
-        self, feeds: Sequence[Feed], adapters: Sequence[str | None] | None = None
-    ) -> list[dict[str, np.ndarray] | Exception]:
+    def _adapter_run(self, batch: dict, adapter: str) -> list:
+        """A run with a LoRA adapter: `run` on host arrays (adapters do not apply to IOBinding runs)."""
+        if self.adapter_options is None:
+            raise ValueError("this stage has no LoRA adapters")
+        host = {name: self.device.to_host(array) for name, array in batch.items()}
+        outputs = self.session.run(self.output_names, host, self.adapter_options(adapter))
+        return [self.device.asarray(output) for output in outputs]
+
+    def _bound_run(self, batch: dict) -> list:
+        """A run with every input bound from this device's memory and the outputs left there."""
+        binding = self.session.io_binding()
+        for name, array in batch.items():
+            self.device.bind_input(binding, name, array)
+        for name, value in self.resident.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            self.device.bind_output(binding, name)
+        self.device.synchronize()
+        self.session.run_with_iobinding(binding)
+        return [self.device.from_ort(value) for value in binding.get_outputs()]
+
+    def run(self, feeds: Sequence[Feed], adapters: Sequence[str | None] | None = None) -> list[dict | Exception]:
         """Outputs per feed (or the exception its group's run raised), batching compatible feeds."""
         adapters = list(adapters) if adapters is not None else [None] * len(feeds)
         groups: dict[tuple, list[int]] = {}
         for index, (feed, adapter) in enumerate(zip(feeds, adapters, strict=True)):
             groups.setdefault(self._group_key(feed, adapter), []).append(index)
-        results: list[dict[str, np.ndarray] | Exception] = [None] * len(feeds)  # type: ignore[list-item]
+        results: list[dict | Exception] = [None] * len(feeds)  # type: ignore[list-item]
         for (adapter, _), members in groups.items():
             try:
                 batch = self._batch([feeds[i] for i in members])
-                outputs = self.session.run(self.output_names, batch | self.resident, self._run_options(adapter))
+                outputs = self._bound_run(batch) if adapter is None else self._adapter_run(batch, adapter)
             except Exception as exc:  # reported per request; the stage keeps serving
                 for index in members:
                     results[index] = exc
                 continue
-            bounds = np.cumsum([len(feeds[i][self.input_names[0]]) for i in members])[:-1]
-            pieces = [np.split(output, bounds) for output in outputs]
+            ends = np.cumsum([len(feeds[i][self.input_names[0]]) for i in members])
             for position, index in enumerate(members):
-                results[index] = {
-                    name: piece[position] for name, piece in zip(self.output_names, pieces, strict=True)
-                }
+                start, end = (ends[position - 1] if position else 0), ends[position]
+                results[index] = {name: output[start:end] for name, output in zip(self.output_names, outputs, strict=True)}
         return results
