@@ -43,11 +43,6 @@ PROMPT = "a photo of <joe> on a beach"
 STEPS = 3
 LOAD_DEADLINE_S = 240  # a load without restarts
 START_S = 300  # the most one (re)start may take on a busy machine
-# Think time of each load thread during the rolling restart: requests keep coming in every phase (in
-# flight at each stop, failing over while a replica is down, reaching it once it is back) but leave
-# cores to the replica that starts. Under the saturating load it had before, this test took 113 s for
-# three restarts on a quiet 2-core machine, the kill test 29 s for its two restarts without load.
-RESTART_PAUSE_S = 0.5
 
 
 def _request(seed: int) -> GenerationRequest:
@@ -107,8 +102,7 @@ def fleet(tiny_export, packs, tmp_path_factory):
 
 
 class Load:
-    """CLIENTS threads generating through the fleet's one client until `total` requests, `stop()` or the deadline;
-    each thread waits `pause_s` after each of its requests.
+    """CLIENTS threads generating through the fleet's one client until `total` requests, `stop()` or the deadline.
 
     `forking()`: while it lasts, a `subprocess.Popen` (the launcher's fork of tritonserver) waits until
     no call of this load is in flight and holds new ones back. gRPC cannot fork a process with calls
@@ -116,8 +110,8 @@ class Load:
     children of their clients, here they are, for the instant of the fork only.
     """
 
-    def __init__(self, fleet: Fleet, total: int, deadline_s: float = LOAD_DEADLINE_S, pause_s: float = 0.0):
-        self.fleet, self.total, self.pause_s = fleet, total, pause_s
+    def __init__(self, fleet: Fleet, total: int, deadline_s: float = LOAD_DEADLINE_S):
+        self.fleet, self.total = fleet, total
         self.images: list[tuple[int, np.ndarray]] = []
         self.failures: list[str] = []
         self._lock, self._next, self._stop = threading.Lock(), 0, threading.Event()
@@ -176,7 +170,6 @@ class Load:
                 continue
             with self._lock:
                 self.images.append((seed, image))
-            self._stop.wait(self.pause_s)
 
     @property
     def running(self) -> bool:
@@ -359,7 +352,7 @@ def test_a_rolling_restart_costs_no_request(fleet):
     """Each replica stopped (SIGINT, as `clif-serve serve` stops on SIGTERM) while a request is in flight on
     it, and started again in turn, the next only once the last is ready, while 4 threads generate."""
     # Bounded by the deadline and stop(), not by a count (a few requests/s may run for minutes).
-    with Load(fleet, total=10**6, deadline_s=LOAD_DEADLINE_S + REPLICAS * START_S, pause_s=RESTART_PAUSE_S) as load:
+    with Load(fleet, total=10**6, deadline_s=LOAD_DEADLINE_S + REPLICAS * START_S) as load:
         load.wait_for(4)
         for server in fleet.servers:
             _wait_in_flight(fleet, load, server)
