@@ -87,3 +87,19 @@ def load_benchmark(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def interrupted_export(out, resume_key: dict, source, stages) -> None:
+    """Leave `.OUT.partial/` beside `out` as an export interrupted after `stages` passed: their folders
+    (records included) copied from the export folder `source`, and `resume_key` (see
+    `clif_serve.export.exporter.resume_key`). The next export into `out` with the same inputs traces
+    only the other stages (`clif_serve.export.staging`)."""
+    import json
+    import shutil
+
+    from clif_serve.export.staging import RESUME_FILE
+
+    partial = out.parent / f".{out.name}.partial"
+    for stage in stages:
+        shutil.copytree(source.stage_dir(stage), partial / stage)
+    (partial / RESUME_FILE).write_text(json.dumps(resume_key))

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_unet.py"
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def gpu_unet():
-    spec = importlib.util.spec_from_file_location("gpu_unet", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_unet"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_unet")
 
 
 def test_tiny_cpu_run_writes_report(gpu_unet, tmp_path):

@@ -4,7 +4,6 @@ next export with the same inputs; leftovers of other exports are removed; `OUT` 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -15,6 +14,7 @@ from clif_serve.export import exporter
 from clif_serve.export.parity import ExportParityError
 from clif_serve.export.recipe import load_recipe
 from clif_serve.export.staging import RESUME_FILE, ExportStaging
+from tests.helpers import interrupted_export
 
 KEY = {"deployment": "d", "recipe": "r"}
 
@@ -49,9 +49,7 @@ def test_a_failed_stage_keeps_the_passed_ones_and_the_next_export_redoes_only_it
     out, partial = tmp_path / "out", tmp_path / ".out.partial"
     recipe = load_recipe("tiny")
     key = exporter.resume_key(tiny_base, recipe.deployment(tiny_base.spec), recipe, weight_map=False)
-    for stage in ("unet", "unet_lora"):
-        shutil.copytree(tiny_export.stage_dir(stage), partial / stage)
-    (partial / RESUME_FILE).write_text(json.dumps(key))
+    interrupted_export(out, key, tiny_export, ("unet", "unet_lora"))
 
     traced_stages["fail"] = "vae_decoder"
     with pytest.raises(ExportParityError) as failed:

@@ -16,18 +16,21 @@ from clif_serve.concepts.pack import read_pack
 from clif_serve.concepts.store import ConceptStore
 from clif_serve.contract.folder import open_export
 from clif_serve.errors import InputError, PackError
+from clif_serve.export.exporter import resume_key
+from clif_serve.export.recipe import load_recipe
 from clif_serve.runtime.factory import ort_pipeline
 from clif_serve.runtime.images import to_uint8
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.client import ClifClient
 from clif_serve.serving.launcher import Ports, TritonServer
+from tests.helpers import interrupted_export
 from tests.training.conftest import draw_concept
 
 STAGES = ("text_encoder", "unet", "unet_lora", "vae_decoder")
 
 
 @pytest.fixture(scope="module")
-def merged_server(tmp_path_factory, packs):
+def merged_server(tmp_path_factory, packs, tiny_base, tiny_export):
     root = tmp_path_factory.mktemp("merged")
     ann = draw_concept(root / "photos" / "ann", (200, 40, 40), (30, 30, 200), seed=1)
     bob = draw_concept(root / "photos" / "bob", (200, 40, 40), (30, 160, 30), seed=2)
@@ -35,7 +38,15 @@ def merged_server(tmp_path_factory, packs):
     assert main(["train", "--model", "tiny", "--concept", f"ann={ann}:dog", "--concept", f"bob={bob}:cat",
                  "--steps", "clif=2,ti=2,lora=2", "--rank", "4", "--out", str(trained)]) == 0
     export = root / "export"
+    # Only `unet` differs from the session's tiny export (the other stages never see the merged LoRA):
+    # its stages are handed over as an interrupted export of the same inputs would leave them, so the
+    # export below traces and parity-checks the merged `unet` alone (clif_serve.export.staging).
+    recipe = load_recipe("tiny")
+    deployment = recipe.deployment(tiny_base.spec, read_pack(trained / "ann.safetensors").lora.set_id)
+    key = resume_key(tiny_base, deployment, recipe, weight_map=False)
+    interrupted_export(export, key, tiny_export, [s for s in STAGES if s != "unet"])
     assert main(["export", "--model", "tiny", "--out", str(export), "--merge-lora", str(trained / "ann.safetensors")]) == 0
+    assert open_export(export).stage_record("unet")["merged_lora"] == deployment.merged_lora
     repo = root / "repo"
     assert main(["repo", "--export", str(export), "--out", str(repo), "--pipeline-instances", "1",
                  "--no-lora-adapters"]) == 0

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,8 +93,8 @@ def fleet(tiny_export, packs, tmp_path_factory):
     finally:
         if fleet.client is not None:
             fleet.client.close()
-        for server in servers:
-            server.stop()
+        with ThreadPoolExecutor(REPLICAS) as pool:  # at once: a stop mostly waits for the server's stubs to exit
+            list(pool.map(TritonServer.stop, servers))
         if install.workdir is not None:
             shutil.rmtree(install.workdir, ignore_errors=True)
     if SHM_DIR.is_dir():
@@ -328,6 +329,15 @@ def test_replicas_killed_mid_load_cost_no_request(fleet):
     assert all(after[server.grpc_url] > before[server.grpc_url] for server in (first, second)), (before, after)
 
 
+def _wait_in_flight(fleet: Fleet, load: Load, server: TritonServer, timeout_s: float = 60) -> None:
+    """Wait until the client has a request of the running `load` in flight on `server`."""
+    deadline = time.monotonic() + timeout_s
+    while fleet.client.replicas.outstanding()[server.grpc_url] == 0:
+        assert load.running, f"the load ended ({load.done} requests, failures {load.failures[:3]}) before the restart"
+        assert time.monotonic() < deadline, f"no request went to {server.grpc_url} in {timeout_s:.0f} s"
+        time.sleep(0.005)
+
+
 def _wait_serving(fleet: Fleet, load: Load, server: TritonServer, requests: int = 2, timeout_s: float = 60) -> None:
     """Wait until a (re)started replica has completed `requests` generations of the running `load`."""
     deadline = time.monotonic() + timeout_s
@@ -339,12 +349,13 @@ def _wait_serving(fleet: Fleet, load: Load, server: TritonServer, requests: int 
 
 @pytest.mark.slow
 def test_a_rolling_restart_costs_no_request(fleet):
-    """Each replica stopped (SIGINT, as `clif-serve serve` stops on SIGTERM) and started again in turn,
-    the next only once the last is ready, while 4 threads generate."""
+    """Each replica stopped (SIGINT, as `clif-serve serve` stops on SIGTERM) while a request is in flight on
+    it, and started again in turn, the next only once the last is ready, while 4 threads generate."""
     # Bounded by the deadline and stop(), not by a count (a few requests/s may run for minutes).
     with Load(fleet, total=10**6, deadline_s=LOAD_DEADLINE_S + REPLICAS * START_S) as load:
         load.wait_for(4)
         for server in fleet.servers:
+            _wait_in_flight(fleet, load, server)
             server.stop()
             with load.forking():
                 fleet.start(server)
