@@ -40,6 +40,7 @@ from clif_serve.bench.lora_bank import (
     MERGED,
     ONE_SET,
     TWO_SETS,
+    bank_repo_options,
     interleaved_medians,
     lora_sets_throughput,
     step_overhead,
@@ -125,13 +126,11 @@ def sd15_torch(rounds: int, warmup: int, rank: int = 16, slots: int = 9) -> dict
 def served_throughput(export_dir: Path, requests_per_client: int, steps: int, repetitions: int) -> dict:
     """`lora_sets_throughput` with 8 clients on a real tritonserver serving the tiny-bank export."""
     from clif_serve.serving.launcher import Ports, TritonServer
-    from clif_serve.serving.options import RepoOptions
     from clif_serve.serving.repository import build_repository
 
     export = open_export(export_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        options = RepoOptions(pipeline_instances=8, text_encoder_delay_us=20_000, unet_delay_us=4_000)
-        repo = build_repository(export.root, Path(tmp) / "repo", options)
+        repo = build_repository(export.root, Path(tmp) / "repo", bank_repo_options(8))
         server = TritonServer(repo, Ports.free_on_loopback(), concept_store=Path(tmp) / "store", log_file=Path(tmp) / "log")
         server.start(timeout_s=300)
         try:
@@ -151,7 +150,7 @@ def markdown(report: dict) -> str:
         "",
         f"## tiny, ONNX Runtime, one UNet step at batch 2 (bank: {tiny['bank']['slots']} slots of rank {tiny['bank']['rank']})",
         "",
-        "| repetition | " + " | ".join((MERGED, ONE_SET, TWO_SETS)) + " (median ms) |",
+        "| repetition (median ms) | " + " | ".join((MERGED, ONE_SET, TWO_SETS)) + " |",
         "|---|---|---|---|",
         *[
             f"| {i + 1} | " + " | ".join(str(r["median_ms"][v]) for v in (MERGED, ONE_SET, TWO_SETS)) + " |"

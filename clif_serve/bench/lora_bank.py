@@ -32,10 +32,17 @@ from clif_serve.runtime.ort_executor import OrtSettings
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.runtime.resident_bank import ResidentBank
 from clif_serve.serving.client import ClifClient
+from clif_serve.serving.options import RepoOptions
 
 BANK_MODEL, BANK_RECIPE = "tiny", "tiny-bank"
 MERGED, ONE_SET, TWO_SETS = "unet (merged LoRA)", "unet_bank, one set", "unet_bank, two sets"
 MANY_SETS, SINGLE_SET = "one LoRA set per client", "one LoRA set for all"
+
+
+def bank_repo_options(clients: int) -> RepoOptions:
+    """The bank server's repository: one pipeline instance per client, and queue delays that let the
+    clients' steps meet in one unet_bank execution on a busy CPU."""
+    return RepoOptions(pipeline_instances=clients, text_encoder_delay_us=20_000, unet_delay_us=4_000)
 
 
 def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:

@@ -41,13 +41,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from clif_serve.bench.lora_bank import BANK_MODEL, BANK_RECIPE
+    from clif_serve.bench.lora_bank import BANK_MODEL, BANK_RECIPE, bank_repo_options
     from clif_serve.bench.report import write_report
     from clif_serve.bench.suite import BenchConfig, run_suite
     from clif_serve.contract.folder import open_export
     from clif_serve.errors import InputError
     from clif_serve.local import local_server
-    from clif_serve.serving.options import RepoOptions
 
     if args.url and not args.export:
         raise InputError("export", "--url needs --export (the export folder of that server) for the in-process runs")
@@ -57,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
         local = None if args.url else services.enter_context(local_server(args.model))
         bank = None
         if args.lora_bank and not args.bank_url:
-            # One pipeline instance per client, and queue delays that let the clients' steps meet in
-            # one unet_bank execution (the settings of benchmarks/lora_bank.py --served).
-            options = RepoOptions(pipeline_instances=args.bank_clients, text_encoder_delay_us=20_000, unet_delay_us=4_000)
+            options = bank_repo_options(args.bank_clients)
             bank = services.enter_context(local_server(BANK_MODEL, options=options, recipe=BANK_RECIPE))
         config = BenchConfig(
             url=args.url or local.url,

@@ -23,21 +23,9 @@ from clif_serve.bench.stats import LatencySummary
 from clif_serve.bench.suite import BenchConfig, run_suite, verdict
 from clif_serve.contract.stages import UNET_BANK
 from clif_serve.errors import InputError
-from clif_serve.serving.launcher import Ports, TritonServer
-from clif_serve.serving.options import RepoOptions
-from clif_serve.serving.repository import build_repository
-from tests.serving.conftest import BATCHING
 
-
-@pytest.fixture(scope="module")
-def bank_url(tiny_bank_export, tmp_path_factory):
-    """A real tritonserver serving the tiny-bank export, one pipeline instance per bank client."""
-    root = tmp_path_factory.mktemp("bench-bank")
-    repo = build_repository(tiny_bank_export.root, root / "repo", RepoOptions(pipeline_instances=2, **BATCHING))
-    server = TritonServer(repo, Ports.free_on_loopback(), concept_store=root / "store", log_file=root / "server.log")
-    server.start(timeout_s=300)
-    yield server.grpc_url
-    assert server.stop() == 0
+# The module fixture of a real tritonserver serving tiny-bank (one home for how it is started).
+from tests.serving.test_lora_bank_served import bank_server  # noqa: F401
 
 
 def test_latency_summary_percentiles():
@@ -46,11 +34,11 @@ def test_latency_summary_percentiles():
     assert summary.p50 == 50.5 and abs(summary.p95 - 95.05) < 1e-9 and abs(summary.p99 - 99.01) < 1e-9
 
 
-def test_suite_measures_everything_and_writes_the_report(served, tiny_export, bank_url, tiny_bank_export, tmp_path):
+def test_suite_measures_everything_and_writes_the_report(served, tiny_export, bank_server, tiny_bank_export, tmp_path):  # noqa: F811
     config = BenchConfig(
         url=served.server.grpc_url, export=tiny_export, steps=2, warmup=1, requests=2,
         concurrency=(1, 2), mixed_clients=2, hotloads=2, hotload_clients=2, max_seconds=60, repetitions=3,
-        bank_url=bank_url, bank_export=tiny_bank_export, bank_steps=1, bank_clients=2, bank_requests=1,
+        bank_url=bank_server[0].grpc_url, bank_export=tiny_bank_export, bank_steps=1, bank_clients=2, bank_requests=1,
     )
     report = run_suite(config)
     paths = write_report(report, tmp_path)
