@@ -93,7 +93,37 @@ def markdown(report: dict) -> str:
             f"first image {_ms(round_['send_to_first_image_ms'])} ms, remove {_ms(round_['remove_ms'])} ms; background "
             f"{round_['background']['completed']} requests, {round_['background']['failed']} failed."
         )
+    if "lora_bank" in report:
+        lines += ["", *lora_bank_lines(report["lora_bank"])]
     return "\n".join(lines) + "\n"
+
+
+def lora_bank_lines(bank: dict) -> list[str]:
+    """The LoRA bank's step times per repetition and its served runs, as markdown."""
+    step, served = bank["step"], bank["served"]
+    variants = list(step["repetitions"][0]["median_ms"])
+    lines = [
+        f"LoRA bank (`{bank['export']}`: {step['bank']['slots']} slots of rank {step['bank']['rank']}), one UNet step at "
+        f"batch 2 in process, median ms of {step['rounds_per_repetition']} interleaved steps per repetition:",
+        "",
+        "| repetition | " + " | ".join(variants) + " |",
+        "|---|" + "---|" * len(variants),
+    ]
+    lines += [
+        f"| {index + 1} | " + " | ".join(f"{r['median_ms'][v]:.3f}" for v in variants) + " |"
+        for index, r in enumerate(step["repetitions"])
+    ]
+    throughput = {kind: [f"{r['steady_throughput_rps']:.2f}" for r in runs] for kind, runs in served["runs"].items()}
+    lines += [
+        "",
+        f"LoRA bank served: {served['clients']} clients, {served['steps']} steps, {served['requests_per_client']} requests "
+        "per client per phase; steady throughput per repetition (req/s): "
+        + "; ".join(f"{kind} {', '.join(values)}" for kind, values in throughput.items())
+        + "; unet_bank executions by batch size (samples): "
+        + "; ".join(f"{kind} {sizes}" for kind, sizes in served["unet_bank_batches"].items())
+        + ".",
+    ]
+    return lines
 
 
 def plot_concurrency(report: dict, path: Path) -> None:

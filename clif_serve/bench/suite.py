@@ -1,5 +1,6 @@
 """The benchmark suite: per stage and end to end, served vs in process vs diffusers, concurrency,
-mixed concepts, and hot-load under load — all in one run, so ratios compare like with like.
+mixed concepts, hot-load under load and the LoRA bank (clif_serve/bench/lora_bank.py, on a second
+server serving a tiny-bank export) — all in one run, so ratios compare like with like.
 
 Every goal is measured in `repetitions` (>= 3) rounds; within a round the pipelines being compared
 take turns request by request, so a change in machine load hits them alike. A goal's figure is
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from clif_serve.bench.baselines import diffusers_pipeline, stand_in_packs
 from clif_serve.bench.environment import describe_environment
 from clif_serve.bench.load import LoadResult, run_load
+from clif_serve.bench.lora_bank import lora_sets_throughput, step_overhead
 from clif_serve.bench.server_stats import difference, per_pipeline_request, snapshot, stage_call_overheads
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.bench.timed_executor import UNET_STEP, TimedExecutor
@@ -29,6 +31,7 @@ from clif_serve.concepts.create import new_pack
 from clif_serve.concepts.registry import ConceptRegistry
 from clif_serve.contract.folder import ExportFolder
 from clif_serve.contract.stages import UNET, VAE_DECODER
+from clif_serve.errors import InputError
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.ort_executor import OrtExecutor, OrtSettings
 from clif_serve.runtime.pipeline import ConceptPipeline
@@ -60,6 +63,13 @@ class BenchConfig:
     max_seconds: float = 180.0
     seed: int = 0
     repetitions: int = 3
+    # The LoRA bank rows: a server at `bank_url` serving the tiny-bank export `bank_export`.
+    lora_bank: bool = True
+    bank_url: str | None = None
+    bank_export: ExportFolder | None = None
+    bank_steps: int = 30  # timed UNet steps per variant per repetition (in process)
+    bank_clients: int = 8
+    bank_requests: int = 3  # requests per client per phase
 
     def request(self, prompt: str = PROMPT, seed: int | None = None) -> GenerationRequest:
         return GenerationRequest(prompt, steps=self.steps, seed=self.seed if seed is None else seed)
@@ -311,11 +321,44 @@ def goals(report: dict) -> list[dict]:
             f"mixed-concept throughput >= 0.9x single at concurrency {report['mixed']['clients']}",
             report["mixed"]["ratio_mixed_over_single"], ">=", 0.9,
         ),
+        *lora_bank_goals(report.get("lora_bank")),
     ]
 
 
+def lora_bank_goals(bank: dict | None) -> list[dict]:
+    """The LoRA bank's two goals (none when the bank was not measured)."""
+    if bank is None:
+        return []
+    step, served = bank["step"]["repetitions"], bank["served"]
+    return [
+        goal_row(
+            "LoRA bank step <= 1.15x a merged-LoRA UNet step at batch 2 (tiny, worse of one / two sets)",
+            [max(r["ratio_one_set"], r["ratio_two_sets"]) for r in step], "<=", 1.15,
+        ),
+        goal_row(
+            f"{served['clients']} clients with {served['clients']} LoRA sets >= 0.9x the throughput of one set (tiny-bank)",
+            served["ratio_many_over_single"], ">=", 0.9,
+        ),
+    ]
+
+
+def lora_bank_rounds(config: BenchConfig, progress: Progress) -> dict:
+    """The bank's per-step overhead in process and its served throughput with many LoRA sets vs one."""
+    progress.phase("LoRA bank: step overhead (in process)", 0)
+    step = step_overhead(config.bank_export, config.repetitions, config.bank_steps, config.warmup)
+    progress.phase(f"LoRA bank: {config.bank_clients} sets vs 1", 2 * config.repetitions * config.bank_clients * config.bank_requests)
+    served = lora_sets_throughput(
+        config.bank_url, config.bank_export, config.bank_clients, config.bank_requests, config.steps,
+        config.repetitions, config.max_seconds, on_done=progress.tick,
+    )
+    return {"export": str(config.bank_export.root), "step": step, "served": served}
+
+
 def run_suite(config: BenchConfig) -> dict:
-    """Every measurement, in a fixed order, against the server at `config.url`."""
+    """Every measurement, in a fixed order, against the server at `config.url` (and the bank's at
+    `config.bank_url`)."""
+    if config.lora_bank and (config.bank_url is None or config.bank_export is None):
+        raise InputError("bank_url", "the LoRA bank rows need bank_url and bank_export (a served tiny-bank export)")
     base = load_base_model(config.model)
     packs = stand_in_packs(base, PAIR)
     progress = Progress()
@@ -324,7 +367,7 @@ def run_suite(config: BenchConfig) -> dict:
             client.add_concept(pack, replace=True)
         warm_up_server(config)
         report = {
-            "config": {f.name: getattr(config, f.name) for f in fields(config) if f.name != "export"}
+            "config": {f.name: getattr(config, f.name) for f in fields(config) if not f.name.endswith("export")}
             | {"export": str(config.export.root)},
             "environment": describe_environment({"ort_settings": asdict(OrtSettings())}),
             "end_to_end": end_to_end_rounds(config, client, base, packs, progress),
@@ -332,6 +375,8 @@ def run_suite(config: BenchConfig) -> dict:
             "mixed": mixed_vs_single(config, client, base, progress),
             "hotload": hotload_rounds(config, client, base, progress),
         }
+    if config.lora_bank:
+        report["lora_bank"] = lora_bank_rounds(config, progress)
     progress.bar.close()
     report["goals"] = goals(report)
     return report

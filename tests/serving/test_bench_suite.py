@@ -1,13 +1,16 @@
-"""The benchmark suite against the real test server, with small counts (the figures are not checked,
-only that every measurement is taken, bounded, reported and plotted)."""
+"""The benchmark suite against the real test servers (tiny, and tiny-bank for the LoRA bank rows), with
+small counts (the figures are not checked, only that every measurement is taken, bounded, reported and
+plotted)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
 from clif_serve.bench.load import LoadResult
+from clif_serve.bench.lora_bank import MANY_SETS, MERGED, ONE_SET, SINGLE_SET, TWO_SETS
 from clif_serve.bench.report import (
     CONCURRENCY_PLOT,
     JSON_FILE,
@@ -18,6 +21,11 @@ from clif_serve.bench.report import (
 )
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.bench.suite import BenchConfig, run_suite, verdict
+from clif_serve.contract.stages import UNET_BANK
+from clif_serve.errors import InputError
+
+# The module fixture of a real tritonserver serving tiny-bank (one home for how it is started).
+from tests.serving.test_lora_bank_served import bank_server  # noqa: F401
 
 
 def test_latency_summary_percentiles():
@@ -26,10 +34,11 @@ def test_latency_summary_percentiles():
     assert summary.p50 == 50.5 and abs(summary.p95 - 95.05) < 1e-9 and abs(summary.p99 - 99.01) < 1e-9
 
 
-def test_suite_measures_everything_and_writes_the_report(served, tiny_export, tmp_path):
+def test_suite_measures_everything_and_writes_the_report(served, tiny_export, bank_server, tiny_bank_export, tmp_path):  # noqa: F811
     config = BenchConfig(
         url=served.server.grpc_url, export=tiny_export, steps=2, warmup=1, requests=2,
         concurrency=(1, 2), mixed_clients=2, hotloads=2, hotload_clients=2, max_seconds=60, repetitions=3,
+        bank_url=bank_server[0].grpc_url, bank_export=tiny_bank_export, bank_steps=1, bank_clients=2, bank_requests=1,
     )
     report = run_suite(config)
     paths = write_report(report, tmp_path)
@@ -52,13 +61,29 @@ def test_suite_measures_everything_and_writes_the_report(served, tiny_export, tm
     assert len(saved["hotload"]) == 3
     for hot in saved["hotload"]:
         assert hot["add_ms"]["count"] == 2 and not hot["first_image_failures"] and hot["background"]["failed"] == 0
-    assert len(saved["goals"]) == 7
+    bank = saved["lora_bank"]
+    assert [sorted(r["median_ms"]) for r in bank["step"]["repetitions"]] == [sorted((MERGED, ONE_SET, TWO_SETS))] * 3
+    assert all(v > 0 for r in bank["step"]["repetitions"] for v in r["median_ms"].values())
+    for kind in (MANY_SETS, SINGLE_SET):
+        assert [(r["completed"], r["failed"]) for r in bank["served"]["runs"][kind]] == [(2, 0)] * 3
+        # Every request went through unet_bank: 2 steps x 2 samples (guidance) x 2 requests x 3 rounds.
+        batches = bank["served"]["unet_bank_batches"][kind]
+        assert sum(int(size) * count for size, count in batches.items()) == 2 * 2 * 2 * 3, batches
+    assert len(saved["goals"]) == 9
     for goal in saved["goals"]:
         assert len(goal["rounds"]) == 3 and goal["min"] <= goal["median"] <= goal["max"]
         assert goal["verdict"] == verdict(goal["rounds"], goal["op"], goal["target"])
-    assert "| goal | median | min – max | target | verdict |" in (tmp_path / MARKDOWN_FILE).read_text()
+    assert [g["goal"].split(" ")[:2] for g in saved["goals"][-2:]] == [["LoRA", "bank"], ["2", "clients"]]
+    text = (tmp_path / MARKDOWN_FILE).read_text()
+    assert "| goal | median | min – max | target | verdict |" in text
+    assert "| LoRA bank step <= 1.15x" in text and f"{UNET_BANK} executions by batch size" in text
     for plot in (CONCURRENCY_PLOT, STAGES_PLOT):
         assert Image.open(tmp_path / plot).size[0] > 100
+
+
+def test_the_bank_rows_need_a_bank_server(tiny_export):
+    with pytest.raises(InputError, match="bank_url"):
+        run_suite(BenchConfig(url="127.0.0.1:1", export=tiny_export))
 
 
 def test_a_goal_is_met_only_when_every_round_meets_it():
