@@ -438,9 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.world_report:
         world_report = reused_world_report(args.world_report, world)
-        grid = args.world_report.with_name("confusion_world_samples.png")
-        if grid.exists() and grid.resolve() != (args.out / grid.name).resolve():
-            (args.out / grid.name).write_bytes(grid.read_bytes())
+        copy_into(args.world_report.with_name("confusion_world_samples.png"), args.out)
     else:
         world_report = world_section(world, args)
         if args.rows in ("main", "core", "quick"):
@@ -479,6 +477,18 @@ def summarised_report(rows_set: str, per_seed: dict, seeds_planned: int, setting
     }
 
 
+def run_settings(report: dict) -> dict:
+    """A report's settings without those that differ between shards of one run (which seeds)."""
+    return {k: v for k, v in report["settings"].items() if k not in ("seed_start", "seeds")}
+
+
+def copy_into(path: Path, folder: Path) -> None:
+    """Copy `path` into `folder` under its name, if it exists and is not that file already."""
+    target = folder / path.name
+    if path.exists() and path.resolve() != target.resolve():
+        target.write_bytes(path.read_bytes())
+
+
 def merge_shards(paths: list[Path], out: Path) -> dict:
     """One report from the reports of shards of one run (same rows and settings, disjoint seeds).
 
@@ -486,11 +496,10 @@ def merge_shards(paths: list[Path], out: Path) -> dict:
     """
     shards = [json.loads(Path(path).read_text()) for path in paths]
     first = shards[0]
-    fixed = {k: v for k, v in first["settings"].items() if k not in ("seed_start", "seeds")}
+    fixed = run_settings(first)
     per_seed: dict = {}
     for path, shard in zip(paths, shards, strict=True):
-        settings = {k: v for k, v in shard["settings"].items() if k not in ("seed_start", "seeds")}
-        if shard["rows_set"] != first["rows_set"] or settings != fixed:
+        if shard["rows_set"] != first["rows_set"] or run_settings(shard) != fixed:
             raise SystemExit(f"{path}: rows or settings differ from {paths[0]}; shards of one run only")
         overlap = set(per_seed) & set(shard["per_seed"])
         if overlap:
@@ -506,9 +515,8 @@ def merge_shards(paths: list[Path], out: Path) -> dict:
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     (out / f"{stem}.md").write_text(markdown(report))
     for path, shard in zip(paths, shards, strict=True):
-        grid = Path(path).with_name(f"{stem}_samples.png")
-        if "0" in shard["per_seed"] and grid.exists() and grid.resolve() != (out / grid.name).resolve():
-            (out / grid.name).write_bytes(grid.read_bytes())
+        if "0" in shard["per_seed"]:
+            copy_into(Path(path).with_name(f"{stem}_samples.png"), out)
     print(markdown(report))
     return report
 
