@@ -379,7 +379,7 @@ def unet_latency(args) -> None:
     import torch
 
     from clif_serve.contract.folder import open_export
-    from clif_serve.export.parity import quiet_session_options
+    from clif_serve.runtime.ort_settings import OrtSettings
 
     feed = unet_feed(Path(args.model), args.size)
     sdxl = "time_ids" in feed
@@ -405,7 +405,9 @@ def unet_latency(args) -> None:
         calls["torch_ms"] = torch_call
     if args.side in ("both", "ort"):
         provider = "CUDAExecutionProvider" if args.device == "cuda" else "CPUExecutionProvider"
-        session = ort.InferenceSession(str(open_export(args.export).onnx_path("unet")), quiet_session_options(), providers=[provider])
+        # The sessions' settings of clif-serve's executors and served stages (threads, spinning).
+        options = OrtSettings().session_options()
+        session = ort.InferenceSession(str(open_export(args.export).onnx_path("unet")), options, providers=[provider])
         if session.get_providers()[0] != provider:
             raise SystemExit(f"onnxruntime has no {provider} here (install onnxruntime-gpu on a CUDA machine)")
         arrays = {name: tensor.numpy() for name, tensor in feed.items()}
@@ -427,16 +429,16 @@ def unet_latency(args) -> None:
 
 def markdown(report: dict) -> str:
     """The summary table of every model and step."""
-    env = report["environment"]
     lines = [
-        f"# Full-size SD1.5 and SDXL on CPU ({env['cpu']}, {env['cpu_count']} cores, shared machine)",
+        "# Full-size SD1.5 and SDXL on CPU",
         "",
         "Random weights from the public configs, CLIP's real BPE vocabulary; each step is one process; peak RSS is",
         "of its whole process tree (sampled every 0.25 s). `machine_at_start` in full_size.json lists what else ran.",
         "",
     ]
     for kind, steps in report["models"].items():
-        lines += [f"## {kind}", ""]
+        env = report["environments"].get(kind, {})
+        lines += [f"## {kind}", "", f"Measured on {env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores).", ""]
         if steps:
             lines += ["| step | wall (s) | peak RSS (GiB) | notes |", "|---|---|---|---|"]
         for name, step in steps.items():
@@ -515,7 +517,11 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "full_size.json"
     report = json.loads(results.read_text()) if results.is_file() else {"models": {}}
-    report["environment"] = describe_environment()
+    # Each model's rows are from the machine of its last run (a report of one machine for all is migrated).
+    environments = report.setdefault("environments", {})
+    if "environment" in report:
+        environments.update({kind: report["environment"] for kind in report["models"]} | environments)
+        del report["environment"]
     report.setdefault("notes", {}).update(item.split("=", 1) for item in args.note)
 
     def save() -> None:
@@ -526,6 +532,7 @@ def main(argv=None) -> None:
         if set(args.steps) == set(STEP_GROUPS):
             report["models"][kind] = {}
         report["models"].setdefault(kind, {}).pop("error", None)
+        environments[kind] = describe_environment()
         try:
             run_model(kind, args, report, save)
         except RuntimeError as exc:  # a failed step is recorded; the next model still runs

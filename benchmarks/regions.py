@@ -54,7 +54,8 @@ from clif_serve.local import local_server
 from clif_serve.models import regional_attention
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.executor import Executor, RegionInputs
-from clif_serve.runtime.ort_executor import OrtExecutor, OrtSettings
+from clif_serve.runtime.ort_executor import OrtExecutor
+from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.regions import Region
 from clif_serve.runtime.request import GenerationRequest

@@ -31,7 +31,10 @@ KEYS = {
     "stages": "stage_instances",
     "te_delay": "text_encoder_delay_us",
     "unet_delay": "unet_delay_us",
+    "spinning": "ort_spinning",
 }
+# Keys of the stage models' parameters (ModelParameters); the others are RepoOptions fields.
+MODEL_KEYS = {"intra_op_threads": int, "ort_spinning": str}
 
 
 def parse_variant(text: str) -> Variant:
@@ -41,8 +44,8 @@ def parse_variant(text: str) -> Variant:
     for item in filter(None, settings.split(",")):
         key, _, value = item.partition("=")
         field = KEYS[key]
-        if field == "intra_op_threads":
-            options = replace(options, models=replace(options.models, intra_op_threads=int(value)))
+        if field in MODEL_KEYS:
+            options = replace(options, models=replace(options.models, **{field: MODEL_KEYS[field](value)}))
         else:
             options = replace(options, **{field: int(value)})
     return Variant(name, options)

@@ -33,7 +33,7 @@ from clif_serve.local import local_server
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.factory import ort_pipeline
 from clif_serve.runtime.images import save_pngs
-from clif_serve.runtime.ort_executor import OrtSettings
+from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.regions import Region
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.client import ClifClient

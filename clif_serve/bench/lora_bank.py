@@ -28,7 +28,7 @@ from clif_serve.concepts.create import new_pack
 from clif_serve.contract.folder import ExportFolder
 from clif_serve.contract.stages import UNET, UNET_BANK
 from clif_serve.models.loading import load_base_model
-from clif_serve.runtime.ort_executor import OrtSettings
+from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.runtime.resident_bank import ResidentBank
 from clif_serve.serving.client import ClifClient

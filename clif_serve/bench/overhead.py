@@ -32,7 +32,8 @@ from clif_serve.concepts.registry import ConceptRegistry
 from clif_serve.contract.folder import ExportFolder
 from clif_serve.contract.stages import UNET, VAE_DECODER
 from clif_serve.models.loading import BaseModel
-from clif_serve.runtime.ort_executor import OrtExecutor, OrtSettings
+from clif_serve.runtime.ort_executor import OrtExecutor
+from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.client import ClifClient
@@ -58,6 +59,7 @@ class Variant:
             "pipeline_instances": options.pipeline_instances,
             "stage_instances": options.stage_instances,
             "intra_op_threads": options.models.intra_op_threads,
+            "ort_spinning": options.models.ort_spinning,
             "text_encoder_delay_us": options.text_encoder_delay_us,
             "unet_delay_us": options.unet_delay_us,
         }
@@ -101,12 +103,13 @@ def _p50(values: list[float]) -> float:
 class _InProcess:
     """The in-process ORT pipeline (per-stage timed) at one thread setting."""
 
-    def __init__(self, export: ExportFolder, packs, intra_op_threads: int):
-        self.executor = TimedExecutor(OrtExecutor(export, OrtSettings(intra_op_threads=intra_op_threads)))
+    def __init__(self, export: ExportFolder, packs, settings: OrtSettings):
+        self.executor = TimedExecutor(OrtExecutor(export, settings))
         self.pipeline = ConceptPipeline(self.executor, export.tokenizers(), ConceptRegistry(export.spec, packs))
 
     def run(self, request: GenerationRequest, count: int) -> dict:
-        """p50 of `count` requests, the p50 UNet call and the loop's own time (p50 less the stage calls)."""
+        """p50 of `count` requests, the mean UNet call (Triton reports served stages' means) and the loop's own
+        time (the mean request less its stage calls)."""
         self.executor.reset()
         totals = []
         for _ in range(count):
@@ -116,7 +119,7 @@ class _InProcess:
         stage_ms = sum(sum(values) for values in self.executor.samples.values()) / count
         return {
             "p50_ms": _p50(totals),
-            "unet_call_p50_ms": _p50(self.executor.samples[UNET_STEP]),
+            "unet_call_mean_ms": statistics.mean(self.executor.samples[UNET_STEP]),
             "loop_ms": max(0.0, statistics.mean(totals) - stage_ms),
         }
 
@@ -132,7 +135,7 @@ def _served_one_client(url: str, config: OverheadConfig, export: ExportFolder, r
             client.generate(request)
             totals.append((time.perf_counter() - started) * 1000)
         figures = difference(before, snapshot(client, models))
-    overheads = stage_call_overheads(figures, UNET, reference["unet_call_p50_ms"], reference["loop_ms"])
+    overheads = stage_call_overheads(figures, UNET, reference["unet_call_mean_ms"], reference["loop_ms"])
     return {"p50_ms": _p50(totals), **overheads, "unet_batches": figures[UNET]["batches_by_size"]}
 
 
@@ -156,8 +159,8 @@ def measure(
     packs = stand_in_packs(base, PAIR)
     names = [f"bench_mix{i}" for i in range(config.clients)]
     mixed_packs = [new_pack(base, name, word) for name, word in zip(names, MIXED_WORDS * 8)]
-    threads = sorted({v.options.models.intra_op_threads for v in variants})
-    in_process = {t: _InProcess(export, packs, t) for t in threads}
+    # One in-process reference per onnxruntime setting among the variants (threads, spinning).
+    in_process = {s: _InProcess(export, packs, s) for s in dict.fromkeys(v.options.models.ort_settings() for v in variants)}
     rounds: list[dict] = []
     with serve_variants(export, variants, workdir) as urls:
         for url in urls.values():
@@ -169,10 +172,10 @@ def measure(
             runner.run(config.request(), config.warmup)
         for _ in range(config.rounds):
             ort = {t: runner.run(config.request(), config.requests) for t, runner in in_process.items()}
-            row = {"in_process": {str(t): figures for t, figures in ort.items()}, "variants": {}}
+            row = {"in_process": {f"{s.intra_op_threads} threads, spinning {s.spinning}": f for s, f in ort.items()}, "variants": {}}
             for variant in variants:
                 url = urls[variant.name]
-                reference = ort[variant.options.models.intra_op_threads]
+                reference = ort[variant.options.models.ort_settings()]
                 served = _served_one_client(url, config, export, reference)
                 single = _throughput(url, config, names, mixed=False)
                 mixed = _throughput(url, config, names, mixed=True)

@@ -33,7 +33,8 @@ from clif_serve.contract.folder import ExportFolder
 from clif_serve.contract.stages import UNET, VAE_DECODER
 from clif_serve.errors import InputError
 from clif_serve.models.loading import load_base_model
-from clif_serve.runtime.ort_executor import OrtExecutor, OrtSettings
+from clif_serve.runtime.ort_executor import OrtExecutor
+from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.client import ClifClient
@@ -136,7 +137,7 @@ def end_to_end_rounds(config: BenchConfig, client: ClifClient, base, packs, prog
         stages = {stage: values[marks.get(stage, 0):] for stage, values in executor.samples.items()}
         loop_ms = row["ort"]["mean"] - sum(sum(values) for values in stages.values()) / config.requests
         row["overheads"] = stage_call_overheads(
-            difference(round_start, snapshot(client, models)), UNET, float(statistics.median(stages[UNET_STEP])), loop_ms
+            difference(round_start, snapshot(client, models)), UNET, statistics.mean(stages[UNET_STEP]), loop_ms
         )
         rounds.append(row)
         for name, values in samples.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from clif_serve.runtime.ort_settings import SPINNING
 from clif_serve.serving.options import BACKENDS, DEVICES, RepoOptions
 from clif_serve.serving.parameters import ModelParameters
 
@@ -55,6 +56,14 @@ def register(subparsers) -> None:
             default = getattr(defaults, name)
             parser.add_argument("--" + name.replace("_", "-"), type=int, default=default, help=f"{text} (default: {default})")
     parser.add_argument(
+        "--ort-spinning",
+        choices=SPINNING,
+        default=model_defaults.ort_spinning,
+        help="onnxruntime worker threads of the python stage models: run = spin during a run, sleep between "
+        "runs; off = always sleep when idle; always = onnxruntime's default, spinning on after a run "
+        f"(default: {model_defaults.ort_spinning}; docs/performance.md)",
+    )
+    parser.add_argument(
         "--concept-store",
         default=model_defaults.concept_store,
         metavar="DIR",
@@ -78,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     models = ModelParameters(
         concept_store=args.concept_store,
         lora_adapters=args.lora_adapters,
+        ort_spinning=args.ort_spinning,
         **{name: getattr(args, name) for name in _MODEL_INTEGERS},
     )
     options = RepoOptions(backend=args.backend, device=args.device, models=models, **{name: getattr(args, name) for name in _REPO_INTEGERS})

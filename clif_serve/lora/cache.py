@@ -25,6 +25,9 @@ from clif_serve.errors import ClifServeError
 
 Value = TypeVar("Value")
 
+# How long a miss waits for a held entry to be released (a request for a slot of a full LoRA bank).
+DEFAULT_WAIT_SECONDS = 60.0
+
 
 class CacheFullTimeout(ClifServeError, TimeoutError):
     """Every entry of a bounded cache stayed held for longer than the cache waits for a free one."""

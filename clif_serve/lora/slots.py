@@ -14,11 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from clif_serve.lora.bank import LoraBank
-from clif_serve.lora.cache import PinnedCache
+from clif_serve.lora.cache import DEFAULT_WAIT_SECONDS, PinnedCache
 from clif_serve.lora.weights import LoraWeights
-
-# How long a request waits for a bank slot when every slot is held by requests in flight.
-DEFAULT_WAIT_SECONDS = 60.0
 
 
 class SlotTable:

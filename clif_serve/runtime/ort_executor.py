@@ -20,7 +20,6 @@ threads do not spin by default: with spinning, the same two-thread run took 1305
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,45 +30,13 @@ from clif_serve.contract.folder import ExportFolder, open_export
 from clif_serve.contract.stages import UNET_BANK, VAE_DECODER
 from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.onnx import ActiveAdapter, load_adapter
-from clif_serve.lora.slots import DEFAULT_WAIT_SECONDS, SlotTable
+from clif_serve.lora.slots import SlotTable
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
 from clif_serve.runtime.ort_device import OrtDevice
+from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.resident_bank import ResidentBank
 from clif_serve.runtime.stage_inputs import unet_inputs
-
-
-@dataclass(frozen=True)
-class OrtSettings:
-    """Session settings. Thread counts of 0 leave the choice to onnxruntime (one per physical core).
-
-    `inter_op_threads` only matter with `parallel` (independent graph nodes run concurrently);
-    `spin` lets idle intra-op threads busy-wait for the next run (onnxruntime's own default), which
-    takes CPU from whatever runs between two calls (the scheduler step, other processes).
-    """
-
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    parallel: bool = False
-    spin: bool = False
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    io_binding: bool = False
-    adapter_capacity: int = 16
-    bank_wait_seconds: float = DEFAULT_WAIT_SECONDS
-
-    def session_options(self) -> ort.SessionOptions:
-        """SessionOptions with these settings, full graph optimisation and error-only logging."""
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
-        options.inter_op_num_threads = self.inter_op_threads
-        options.execution_mode = (
-            ort.ExecutionMode.ORT_PARALLEL if self.parallel else ort.ExecutionMode.ORT_SEQUENTIAL
-        )
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if self.spin else "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        return options
 
 
 class OrtExecutor(Executor):

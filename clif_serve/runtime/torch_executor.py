@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from clif_serve.lora.bank import LoraBank, slot_buffers, with_bank
-from clif_serve.lora.cache import PinnedCache
+from clif_serve.lora.cache import DEFAULT_WAIT_SECONDS, PinnedCache
 from clif_serve.lora.peft import add_adapter
-from clif_serve.lora.slots import DEFAULT_WAIT_SECONDS, SlotTable
+from clif_serve.lora.slots import SlotTable
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.models import regional_attention
 from clif_serve.models.concept_text_encoder import ConceptTextEncoder

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, get_type_hints
 from clif_serve.concepts.limits import DEFAULT_MAX_CONCEPTS, DEFAULT_MAX_PACK_BYTES
 from clif_serve.contract.folder import ONNX_FILE
 from clif_serve.errors import ModelFolderError
+from clif_serve.runtime.ort_settings import OrtSettings
 
 if TYPE_CHECKING:
     from clif_serve.contract.deployment import Deployment
@@ -39,9 +40,11 @@ FORCE_CPU_ONLY_INPUT_TENSORS = "FORCE_CPU_ONLY_INPUT_TENSORS"
 class ModelParameters:
     """Settings of the Python-backend models; each model uses the fields that concern it."""
 
-    # Stage models: the ONNX file in the version folder and onnxruntime's intra-op threads (0: default).
+    # Stage models: the ONNX file in the version folder, onnxruntime's intra-op threads (0: default)
+    # and its worker threads' spinning policy (one of clif_serve.runtime.ort_settings.SPINNING).
     model_file: str = ONNX_FILE
     intra_op_threads: int = 0
+    ort_spinning: str = "run"
     # Concept store folder (absolute, or relative to the repository root; "" = the base model's default).
     concept_store: str = ""
     # Whether unet_lora takes LoRA adapters (python backend); False serves it only as the base UNet
@@ -53,6 +56,10 @@ class ModelParameters:
     max_pack_bytes: int = DEFAULT_MAX_PACK_BYTES
     # Concepts the store may hold (hot-loads beyond it are refused naming `store`).
     max_concepts: int = DEFAULT_MAX_CONCEPTS
+
+    def ort_settings(self) -> OrtSettings:
+        """The onnxruntime session settings of a stage model (the in-process executor's type)."""
+        return OrtSettings(intra_op_threads=self.intra_op_threads, spinning=self.ort_spinning)
 
     def to_config(self) -> dict[str, str]:
         """As Triton config parameters (strings)."""

@@ -48,7 +48,7 @@ class StageModel:
             context.version_dir / context.parameters.model_file,
             signature.input_names,
             signature.output_names,
-            intra_op_threads=context.parameters.intra_op_threads,
+            context.parameters.ort_settings(),
             adapter_options=adapters,
             resident=self.bank.values if self.bank is not None else None,
             device=self.device,

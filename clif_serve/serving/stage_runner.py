@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from clif_serve.runtime.ort_device import OrtDevice, dtype_name
+from clif_serve.runtime.ort_settings import OrtSettings
 
 # name -> array (numpy on the host, torch on CUDA: `OrtDevice.asarray`)
 Feed = Mapping[str, object]
@@ -38,19 +39,14 @@ class StageRunner:
         onnx_path: str | Path,
         input_names: Sequence[str],
         output_names: Sequence[str],
-        intra_op_threads: int = 0,
+        settings: OrtSettings = OrtSettings(),
         adapter_options: AdapterOptions | None = None,
         resident: Mapping[str, ort.OrtValue] | None = None,
         device: OrtDevice = OrtDevice(),
     ):
-        options = ort.SessionOptions()
-        if intra_op_threads > 0:
-            options.intra_op_num_threads = intra_op_threads
-        # Idle worker threads must not spin: the pipeline's process needs the cores between UNet calls.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # zero-initialised LoRA inputs otherwise warn per input
         self.device = device
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=device.providers)
+        # The in-process executor's session settings (threads, spinning): same graph, same thread pool.
+        self.session = ort.InferenceSession(str(onnx_path), settings.session_options(), providers=device.providers)
         self.input_names = tuple(input_names)
         self.output_names = tuple(output_names)
         self.adapter_options = adapter_options

@@ -13,7 +13,8 @@ from clif_serve.concepts.registry import ConceptRegistry
 from clif_serve.contract.folder import MANIFEST
 from clif_serve.errors import InputError, PackError
 from clif_serve.models.loading import load_base_model
-from clif_serve.runtime.ort_executor import OrtExecutor, OrtSettings
+from clif_serve.runtime.ort_executor import OrtExecutor
+from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.runtime.torch_executor import TorchExecutor
@@ -117,7 +118,7 @@ def test_bad_lora_is_refused_and_changes_nothing(ort_tiny, tiny_base):
 
 
 def test_io_binding_and_plain_runs_agree(tiny_export, ort_tiny):
-    bound = OrtExecutor(tiny_export, OrtSettings(intra_op_threads=1, spin=True, io_binding=True))
+    bound = OrtExecutor(tiny_export, OrtSettings(intra_op_threads=1, spinning="always", io_binding=True))
     options = bound.session("unet").get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"

@@ -26,7 +26,7 @@ def test_summary_takes_median_and_range_of_every_round():
     assert figures["served_p50_ms"]["median"] == 800.0
     report = {"variants": {"a": Variant("a", RepoOptions(text_encoder_delay_us=2000)).describe()}, "summary": {"a": figures}}
     table = summary_table(report)
-    assert table.splitlines()[2].startswith("| a | 4 | 1 | 0 | 2000 | 0 | 800 [400 - 1.2e+03] |")
+    assert table.splitlines()[2].startswith("| a | 4 | 1 | 0 | run | 2000 | 0 | 800 [400 - 1.2e+03] |")
 
 
 def test_stage_call_overheads_from_server_figures():

@@ -132,6 +132,7 @@ def test_bad_options_and_missing_template(tiny_export, tmp_path, monkeypatch):
     for options, field in (
         (RepoOptions(backend="tflite"), "backend"),
         (RepoOptions(pipeline_instances=0), "pipeline_instances"),
+        (RepoOptions(models=ModelParameters(ort_spinning="sometimes")), "ort_spinning"),
     ):
         with pytest.raises(InputError) as bad:
             build_repository(tiny_export.root, tmp_path / "repo", options)

@@ -127,3 +127,55 @@ def test_concept_table_rows_do_not_change_results(tiny_export, rows):
     np.testing.assert_array_equal(
         stage.run([padded])[0]["hidden_states"], stage.run([feed])[0]["hidden_states"]
     )
+
+
+def _config_entries(session) -> dict[str, str]:
+    """The session's spinning entries that are set (onnxruntime raises for an entry never set)."""
+    options = session.get_session_options()
+    entries = {}
+    for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):
+        try:
+            entries[key] = options.get_session_config_entry(key)
+        except RuntimeError:
+            pass
+    return entries
+
+
+@pytest.mark.parametrize(
+    ("spinning", "entries"),
+    [
+        ("run", {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}),
+        ("off", {"session.intra_op.allow_spinning": "0"}),
+        ("always", {"session.intra_op.allow_spinning": "1"}),
+    ],
+)
+def test_served_stage_sessions_take_the_repository_spinning_policy(tiny_export, tmp_path, spinning, entries):
+    """`clif-serve repo --ort-spinning` reaches the stage's session, with the in-process executor's options."""
+    from google.protobuf.json_format import MessageToDict
+
+    from clif_serve.cli import main
+    from clif_serve.runtime.ort_executor import OrtExecutor
+    from clif_serve.runtime.ort_settings import OrtSettings
+    from clif_serve.serving.configs import read_config
+    from clif_serve.serving.parameters import ModelParameters
+
+    out = tmp_path / "repo"
+    assert main(["repo", "--export", str(tiny_export.root), "--out", str(out), "--ort-spinning", spinning]) == 0
+    config = read_config(out / UNET / "config.pbtxt")
+    parameters = ModelParameters.from_config(MessageToDict(config, preserving_proto_field_name=True)["parameters"])
+    assert parameters.ort_spinning == spinning
+    served = _runner(tiny_export, UNET, settings=parameters.ort_settings())
+    assert _config_entries(served.session) == entries
+    in_process = OrtExecutor(tiny_export, OrtSettings(spinning=spinning)).session(UNET)
+    assert _config_entries(in_process) == entries
+
+
+def test_unknown_spinning_policies_are_refused(tiny_export, tmp_path, capsys):
+    from clif_serve.cli import main
+    from clif_serve.runtime.ort_settings import OrtSettings
+
+    with pytest.raises(ValueError, match="spinning must be one of run, off, always"):
+        OrtSettings(spinning="sometimes")
+    with pytest.raises(SystemExit) as exited:
+        main(["repo", "--export", str(tiny_export.root), "--out", str(tmp_path / "r"), "--ort-spinning", "x"])
+    assert exited.value.code == 2 and "--ort-spinning" in capsys.readouterr().err
