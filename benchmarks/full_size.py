@@ -8,7 +8,7 @@ vocabulary (`full_size_folders.py`; nothing is downloaded):
   generate   in-process `clif-serve generate "a photo of <joe> and <rex>"` at the recipe's smallest size, 2 steps
   refuse     the same request at 264x256 px, in process: refused naming `height` (the UNet needs multiples of 64 / 32)
   export     `clif-serve export --recipe export/sd15-512.toml` (sdxl-1024.toml): plain UNet and unet_lora
-  repo       `clif-serve repo` (SDXL with --no-lora-adapters: one 10 GB UNet session, not two)
+  repo       `clif-serve repo` (SDXL with --no-lora-adapters --no-regions: one 10 GB UNet session, not two)
   serve      `clif-serve serve`: time until every model is ready, RSS of tritonserver and of each stub
   hot-load   `clif-serve concepts add --url` for both packs
   served     the in-process request sent to the server: the image must equal the in-process one
@@ -56,7 +56,7 @@ import psutil
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from full_size_folders import clip_folder, full_size_folder  # noqa: E402
+from full_size_folders import clip_folder  # noqa: E402
 from full_size_measure import GIB, TreeSampler, run_measured, tree_rss  # noqa: E402
 
 from clif_serve.bench.environment import describe_environment  # noqa: E402
@@ -71,9 +71,10 @@ CONCEPTS = (("joe", "person"), ("rex", "dog"))
 STEP_GROUPS = ("concepts", "generate", "export", "serve", "latency", "train")
 GROUP_RESULT = {"concepts": "concepts new joe", "generate": "generate", "export": "export", "serve": "served",
                 "latency": "latency", "train": "train"}  # the step whose record says the group ran
-# SDXL: serve `unet` only. With adapters the repository also serves `unet_lora`, a second 10 GB
-# onnxruntime UNet session that does not fit beside the first in 24 GiB (the packs carry no LoRA).
-REPO_OPTIONS = {"sd15": (), "sdxl": ("--no-lora-adapters",)}
+# SDXL: serve `unet` only. With adapters or regions the repository also serves `unet_lora`, a second
+# 10 GB onnxruntime UNet session that does not fit beside the first in 24 GiB (the packs carry no LoRA,
+# the benchmark's requests no regions).
+REPO_OPTIONS = {"sd15": (), "sdxl": ("--no-lora-adapters", "--no-regions")}
 
 
 def clif_serve(*args: str) -> list[str]:
@@ -165,6 +166,14 @@ def folder_at_256(folder: Path, view: Path) -> Path:
         config_file.unlink()  # a hard link: write a new file, not into the original
         config_file.write_text(json.dumps({**config, "sample_size": 32}, indent=2))
     return view
+
+
+def built_folder(kind: str, bpe_vocab: Path) -> Path:
+    """The cached full-size folder of `kind`, built (on first use) in a child process: building holds GiBs of
+    weights that this long-running parent would otherwise keep beside every later step's process."""
+    child = [sys.executable, str(Path(__file__).with_name("full_size_folders.py")), kind, "--bpe-vocab", str(bpe_vocab)]
+    built = subprocess.run(child, check=True, stdout=subprocess.PIPE, text=True)
+    return Path(built.stdout.strip().splitlines()[-1])
 
 
 def serve_steps(run: Run, repo: Path, packs: list[Path], request: list[str], in_process: Path) -> None:
@@ -270,7 +279,7 @@ def run_model(kind: str, args, report: dict, save) -> None:
     groups = args.steps
     started = time.perf_counter()
     load = machine_load()
-    folder = args.folders.get(kind) or full_size_folder(kind, args.bpe_vocab)
+    folder = args.folders.get(kind) or built_folder(kind, args.bpe_vocab)
     run.steps["folder"] = {"path": str(folder), "wall_s": round(time.perf_counter() - started, 1),
                            "disk_gib": disk_gib(folder), "machine_at_start": load}
     save()

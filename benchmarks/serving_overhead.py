@@ -5,7 +5,10 @@ the in-process ORT pipeline (clif_serve/bench/overhead.py). Run it under the mac
 
     flock /tmp/clif-heavy.lock python benchmarks/serving_overhead.py --export DIR \
         --variant main:threads=0,pipelines=4,te_delay=2000,unet_delay=0 \
-        --variant one_thread:threads=1,pipelines=4
+        --variant one_thread:threads=1,pipelines=4 \
+        --variant nospin:spinning=off --machine "nothing else running"
+
+Keys: threads, pipelines, stages, te_delay, unet_delay (integers) and spinning (run, off, always).
 
 Writes benchmarks/results/serving_overhead.{json,md}.
 """
@@ -61,6 +64,7 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/results/serving_overhead")
+    parser.add_argument("--machine", default="shared machine", help="what else ran on the machine (written with the results)")
     args = parser.parse_args()
     base = load_base_model("tiny")
     config = OverheadConfig(
@@ -70,12 +74,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="clif-overhead-") as scratch:
         export = open_export(args.export) if args.export else prepare_export("tiny", Path(scratch) / "export")
         report = measure(export, base, variants, config, Path(scratch))
-    report["environment"] = describe_environment({"machine": "shared with other developers' jobs"})
+    report["environment"] = describe_environment({"machine": args.machine})
     table = summary_table(report)
     env = report["environment"]
     text = (
         f"Serving overhead on tiny ({args.steps} steps; {args.rounds} interleaved rounds, median [min - max]) on "
-        f"{env['cpu']} ({env['cpu_count']} cores, shared machine).\n\n{table}\n"
+        f"{env['cpu']} ({env['cpu_count']} cores, {args.machine}).\n\n{table}\n"
     )
     out = Path(args.out)  # a path without suffix: <folder>/<stem>
     write_results(report, text, out.parent, out.stem)

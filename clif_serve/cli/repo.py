@@ -77,6 +77,13 @@ def register(subparsers) -> None:
         help="serve unet_lora only as the base UNet of a merged export: packs of other LoRA sets are refused "
         "(default: any LoRA set runs as an adapter, python backend)",
     )
+    parser.add_argument(
+        "--no-regions",
+        dest="regions",
+        action="store_false",
+        help="refuse regional requests: with --no-lora-adapters too, unet_lora (a second UNet session) is "
+        "left out (default: regional requests run on unet_lora where the export has region slots)",
+    )
     parser.add_argument("--force", action="store_true", help="replace REPO if it exists")
     parser.set_defaults(handler=run)
 
@@ -88,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         concept_store=args.concept_store,
         lora_adapters=args.lora_adapters,
         ort_spinning=args.ort_spinning,
+        regions=args.regions,
         **{name: getattr(args, name) for name in _MODEL_INTEGERS},
     )
     options = RepoOptions(backend=args.backend, device=args.device, models=models, **{name: getattr(args, name) for name in _REPO_INTEGERS})

@@ -88,13 +88,18 @@ class Deployment:
             raise KeyError(f"{stage!r} is not a stage of this deployment ({', '.join(self.stages)})")
         return stage_signature(self.spec, stage, self.regions)
 
-    def routing(self, adapters: bool) -> LoraRouting:
+    def routing(self, adapters: bool, regions: bool = True) -> LoraRouting:
         """The UNet routing on a backend that can (`adapters`) or cannot supply LoRA inputs the requests
         do not send: onnxruntime adapters, or the resident bank of `unet_bank` (the Python backend and
         the in-process executors can; Triton's native onnxruntime and TensorRT backends only run what a
-        request sends, so there `unet_bank` is not served)."""
+        request sends, so there `unet_bank` is not served). `regions=False`: regional requests are not
+        served even where the export has region slots."""
         return LoraRouting(
-            self.merged_lora, self.has_unet_lora, adapters, self.region_slots > 0, self.has_unet_bank and adapters
+            self.merged_lora,
+            self.has_unet_lora,
+            adapters,
+            regions and self.region_slots > 0,
+            self.has_unet_bank and adapters,
         )
 
     def axis_ranges(self) -> dict[str, Range]:

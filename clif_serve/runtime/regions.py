@@ -146,7 +146,7 @@ def pixel_masks(regions: Sequence[Region], height: int, width: int, max_regions:
         raise InputError(REGIONS_FIELD, f"must be a list of regions, got {type(regions).__name__}")
     if len(regions) > max_regions:
         if max_regions == 0:
-            raise InputError(REGIONS_FIELD, "this deployment takes no regions (export with a recipe setting regions = N)")
+            raise InputError(REGIONS_FIELD, "this deployment takes no regions (export with a recipe setting regions = N, and serve it without --no-regions)")
         raise InputError(REGIONS_FIELD, f"{len(regions)} regions; this deployment takes at most {max_regions}")
     masks = np.stack([_mask_of(i, r, height, width) for i, r in enumerate(regions)]) if regions else None
     if masks is None:

@@ -67,7 +67,7 @@ class PackPolicy:
     @classmethod
     def of(cls, deployment: Deployment, parameters: ModelParameters) -> PackPolicy:
         """The policy of a deployment served with these model parameters."""
-        routing = deployment.routing(parameters.lora_adapters)
+        routing = parameters.routing(deployment)
         return cls(
             spec=deployment.spec,
             routing=routing,

@@ -16,7 +16,7 @@ elements are structured (`regions`: JSON objects). They are derived from
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, get_type_hints
 
 from clif_serve.concepts.limits import DEFAULT_MAX_CONCEPTS, DEFAULT_MAX_PACK_BYTES
@@ -26,6 +26,8 @@ from clif_serve.runtime.ort_settings import OrtSettings
 
 if TYPE_CHECKING:
     from clif_serve.contract.deployment import Deployment
+    from clif_serve.contract.requests import RequestLimits
+    from clif_serve.contract.routing import LoraRouting
 
 DEFAULT_PREFIX = "default."
 LIMIT_PREFIX = "limit."
@@ -50,12 +52,24 @@ class ModelParameters:
     # Whether unet_lora takes LoRA adapters (python backend); False serves it only as the base UNet
     # of a merged export, and packs of other LoRA sets are refused.
     lora_adapters: bool = True
+    # Whether clif_pipeline takes regional requests (where the export has region slots). False leaves
+    # out unet_lora where only regions reach it (one UNet session less: a full-size SDXL served on a
+    # 24 GiB machine); regional requests are then refused naming `regions`.
+    regions: bool = True
     # LoRA adapters a unet_lora instance keeps built (least recently used dropped first).
     adapter_capacity: int = 16
     # Largest concept pack `clif_concepts` accepts (and every model reads from the store), in bytes.
     max_pack_bytes: int = DEFAULT_MAX_PACK_BYTES
     # Concepts the store may hold (hot-loads beyond it are refused naming `store`).
     max_concepts: int = DEFAULT_MAX_CONCEPTS
+
+    def routing(self, deployment: Deployment) -> LoraRouting:
+        """The UNet routing of `deployment` served with these parameters (adapters, regions)."""
+        return deployment.routing(self.lora_adapters, self.regions)
+
+    def limits(self, deployment: Deployment) -> RequestLimits:
+        """The request limits served: the deployment's, with no regions when regions are off."""
+        return deployment.limits if self.regions else replace(deployment.limits, max_regions=0)
 
     def ort_settings(self) -> OrtSettings:
         """The onnxruntime session settings of a stage model (the in-process executor's type)."""
@@ -87,7 +101,7 @@ class ModelParameters:
         return cls(**values)
 
 
-def request_parameters(deployment: Deployment) -> dict[str, str]:
+def request_parameters(deployment: Deployment, parameters: ModelParameters) -> dict[str, str]:
     """The request defaults and limits `clif_pipeline` publishes in its config (written, never read back)."""
     # Imported here: this module is read by every model's process and by the CLI at start.
     from clif_serve.runtime.request import GenerationRequest
@@ -99,7 +113,7 @@ def request_parameters(deployment: Deployment) -> dict[str, str]:
     published = {
         DEFAULT_PREFIX + name: _text(value) for name, value in defaults.items() if isinstance(value, (int, float, str))
     }
-    published.update({LIMIT_PREFIX + key: _text(value) for key, value in asdict(deployment.limits).items()})
+    published.update({LIMIT_PREFIX + key: _text(value) for key, value in asdict(parameters.limits(deployment)).items()})
     published.update({FORMAT_PREFIX + name: text for name, text in INPUT_FORMATS.items()})
     return published
 

@@ -78,9 +78,10 @@ class _Builder:
         self.root = root
         self.template = template
         self.adapters = options.takes_adapters
-        self.routing = self.deployment.routing(self.adapters)
         # The python models run the routing of this backend: adapters only where unet_lora takes them.
-        self.parameters = replace(options.models, lora_adapters=self.adapters).to_config()
+        self.models = replace(options.models, lora_adapters=self.adapters)
+        self.routing = self.models.routing(self.deployment)
+        self.parameters = self.models.to_config()
         # A CUDA repository: KIND_GPU python models; stages take BLS inputs in the memory they come in.
         self.cuda = options.device == "cuda"
         self.instance_kind = "KIND_GPU" if self.cuda else None
@@ -146,7 +147,7 @@ class _Builder:
             PIPELINE_INPUTS,
             PIPELINE_OUTPUTS,
             self.options.pipeline_instances,
-            published=request_parameters(self.deployment),
+            published=request_parameters(self.deployment, self.models),
         )
         for encoder in self.deployment.spec.text_encoder_names:
             name = tokenizer_dir_name(encoder)

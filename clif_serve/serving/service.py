@@ -41,11 +41,12 @@ class ServedPipeline:
         deployment = folder.deployment
         store = resolve_store(context.parameters.concept_store, context.repo_root, deployment.spec)
         self.store = StoreSync(store, deployment.spec, max_pack_bytes=context.parameters.max_pack_bytes)
-        routing = deployment.routing(context.parameters.lora_adapters)
+        routing = context.parameters.routing(deployment)
         executor = TritonExecutor(
             deployment, call, routing, pin=self.store.store.pin_lora, device=torch.device(context.device)
         )
-        self.pipeline = ConceptPipeline(executor, folder.tokenizers(), self.store.registry, deployment.limits)
+        limits = context.parameters.limits(deployment)
+        self.pipeline = ConceptPipeline(executor, folder.tokenizers(), self.store.registry, limits)
 
     def handle(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Images `[N, H, W, 3]` uint8 for one request; bad fields raise InputError naming the field."""
