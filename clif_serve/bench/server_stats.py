@@ -74,10 +74,11 @@ def stage_call_overheads(
     """What serving adds per stage call, from one window of one-client requests.
 
     `unet_compute_over_in_process`: the UNet stage's mean compute per execution / the in-process UNet
-    call at the same batch (`in_process_unet_ms`: its mean too, as Triton's statistics are sums). `bls_overhead_per_stage_call_ms`: the pipeline model's compute per
-    request, less its stage requests' whole time at the server (queue + compute) and less the
-    in-process loop's own time per request (`in_process_loop_ms`: the request less its stage
-    calls), divided by the stage calls per request — the BLS round trip and the tensor copies.
+    call at the same batch (`in_process_unet_ms`: its mean too, as Triton's statistics are sums).
+    `bls_overhead_per_stage_call_ms`: the pipeline model's compute per request, less its stage
+    requests' whole time at the server (queue + compute) and less the in-process loop's own time per
+    request (`in_process_loop_ms`: the request less its stage calls), divided by the stage calls per
+    request — the BLS round trip and the tensor copies.
     """
     requests = figures[pipeline]["success_count"]
     if not requests:

@@ -13,9 +13,10 @@ OrtValues (`ResidentBank`: a fill writes them in place), and each call feeds the
 Runs are plain `InferenceSession.run` calls by default. IOBinding (binding the torch tensors'
 memory) is a setting: on CPU it was not faster end to end (benchmarks/pipeline_speed.py, tiny,
 20 steps: 790 ms bound vs 774 ms plain with one thread; 811 vs 605 ms with two on a busy
-machine), and adapters do not apply to IOBinding runs, so adapter runs always use `run`. Idle
-threads do not spin by default: with spinning, the same two-thread run took 1305 ms instead of
-605 ms, the spinning threads taking the cores from the scheduler step and other processes.
+machine), and adapters do not apply to IOBinding runs, so adapter runs always use `run`. Worker
+threads spin during a run and stop when it returns (`OrtSettings.spinning`, `runtime/ort_settings.py`):
+spinning on after a run took the cores from the scheduler step (1305 ms instead of 605 ms for a
+two-thread run), sleeping between operators made every operator wait for a wake-up.
 """
 
 from __future__ import annotations
