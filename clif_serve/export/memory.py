@@ -11,8 +11,10 @@ The exporter (see `exporter`) holds at most, at once:
   (ACTIVATIONS: attention scores at 4096 tokens dominate, for SD1.5 at 512 px and SDXL at 1024 px).
 
 Plus the interpreter with torch, onnxruntime and diffusers imported (BASELINE). The factors are
-measurements with full-size SD1.5 on CPU (benchmarks/results/full_size.md, which also has the SDXL
-figures). An export whose estimate exceeds the memory available now fails at once, naming what
+measurements with full-size SD1.5 on CPU (benchmarks/results/full_size.md): estimated 8.0 GiB,
+measured 7.6. For full-size SDXL the estimate is 14.9 GiB and the export measured 18.5 GiB: its
+peak came while tracing the VAE decoder at 1024 px with ~11.5 GiB still resident, which this model
+does not capture; the check is therefore a lower bound, good for refusing what cannot fit. An export whose estimate exceeds the memory available now fails at once, naming what
 it needs, instead of being killed by the system an hour later; `CLIF_SERVE_SKIP_MEMORY_CHECK=1`
 skips the check.
 """

@@ -41,3 +41,16 @@ def test_the_pytorch_side_needs_no_export_and_feeds_sdxl_its_added_inputs(full_s
     assert feed["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2
     result = _latency(full_size, tmp_path, "--model", str(folder), "--size", "64", "--side", "torch")
     assert result["torch_ms"] > 0 and "ort_ms" not in result
+
+
+def test_report_names_the_machine_of_each_model(full_size):
+    """Rows of different models may come from different machines: each model's table says which."""
+    report = {
+        "models": {"sd15": {"repo": {"wall_s": 3.8, "peak_rss_gib": 0.2}}, "sdxl": {"repo": {"wall_s": 1.5, "peak_rss_gib": 0.2}}},
+        "environments": {"sd15": {"cpu": "AMD EPYC", "cpu_count": 2}, "sdxl": {"cpu": "Intel(R) Xeon(R) Processor", "cpu_count": 2}},
+        "notes": {},
+    }
+    text = full_size.markdown(report)
+    sd15, sdxl = text.split("## sdxl")
+    assert "Measured on AMD EPYC (2 cores)" in sd15 and "Intel" not in sd15
+    assert "Measured on Intel(R) Xeon(R) Processor (2 cores)" in sdxl
