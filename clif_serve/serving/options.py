@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clif_serve.errors import InputError
-from clif_serve.runtime.ort_settings import SPINNING
 from clif_serve.serving.parameters import ModelParameters
 
 BACKENDS = ("python", "onnxruntime", "tensorrt")
@@ -46,8 +45,10 @@ class RepoOptions:
             raise InputError("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.device not in DEVICES:
             raise InputError("device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.models.ort_spinning not in SPINNING:
-            raise InputError("ort_spinning", f"must be one of {', '.join(SPINNING)}, got {self.models.ort_spinning!r}")
+        try:
+            self.models.ort_settings()  # the settings' own checks (the spinning policy)
+        except ValueError as exc:
+            raise InputError("ort_spinning", str(exc)) from None
         values = {
             "pipeline_instances": (self.pipeline_instances, 1),
             "stage_instances": (self.stage_instances, 1),

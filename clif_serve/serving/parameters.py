@@ -46,7 +46,7 @@ class ModelParameters:
     # and its worker threads' spinning policy (one of clif_serve.runtime.ort_settings.SPINNING).
     model_file: str = ONNX_FILE
     intra_op_threads: int = 0
-    ort_spinning: str = "run"
+    ort_spinning: str = OrtSettings.spinning
     # Concept store folder (absolute, or relative to the repository root; "" = the base model's default).
     concept_store: str = ""
     # Whether unet_lora takes LoRA adapters (python backend); False serves it only as the base UNet
