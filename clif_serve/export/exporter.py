@@ -48,6 +48,7 @@ from clif_serve.export.parity import (
     ExportParityError,
     StageReference,
     check_reference,
+    quiet_session_options,
     reference_outputs,
 )
 from clif_serve.export.recipe import Recipe, default_recipe_name, load_recipe
@@ -56,7 +57,6 @@ from clif_serve.export.traces import StageTrace, stage_builders
 from clif_serve.export.weight_map import build_weight_map, holders, write_weight_map
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.models.loading import BaseModel, load_base_model, resolve_model_dir
-from clif_serve.runtime.ort_settings import OrtSettings
 
 
 def _write_weight_map(stage: StageTrace, program, folder: Path, targets: list[str]) -> dict:
@@ -118,9 +118,7 @@ def trace_stage(stage: StageTrace, folder: Path, recipe: Recipe, weight_map_targ
 def check_traced(traced: TracedStage) -> dict:
     """Load the saved stage in onnxruntime, compare with the references; the record with its parity figures."""
     started = time.perf_counter()
-    # The executors' session settings (error-only logging, threads spinning only during a run).
-    options = OrtSettings().session_options()
-    session = ort.InferenceSession(str(traced.folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(traced.folder / ONNX_FILE), quiet_session_options(), providers=["CPUExecutionProvider"])
     parity = check_reference(traced.reference, session)
     del session
     return {**traced.record, "parity": parity, "parity_seconds": round(time.perf_counter() - started, 3)}
