@@ -39,7 +39,7 @@ class OrtSettings:
 
     `inter_op_threads` only matter with `parallel` (independent graph nodes run concurrently);
     `spinning` is one of `SPINNING` (module docstring); `io_binding` makes the in-process executor
-    bind its tensors' memory instead of calling `run` (the served stages always bind).
+    bind its tensors' memory instead of calling `run` (the served stages bind, except adapter runs).
     """
 
     intra_op_threads: int = 0
