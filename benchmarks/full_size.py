@@ -388,7 +388,7 @@ def unet_latency(args) -> None:
     import torch
 
     from clif_serve.contract.folder import open_export
-    from clif_serve.runtime.ort_settings import OrtSettings
+    from clif_serve.contract.ort_settings import OrtSettings
 
     feed = unet_feed(Path(args.model), args.size)
     sdxl = "time_ids" in feed

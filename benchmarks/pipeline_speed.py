@@ -33,10 +33,10 @@ import torch
 
 from clif_serve.bench.baselines import diffusers_pipeline, stand_in_packs
 from clif_serve.bench.results import write_results
+from clif_serve.contract.ort_settings import OrtSettings
 from clif_serve.export.exporter import export_model
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.factory import ort_pipeline, torch_pipeline
-from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.runtime.sampling import encode_conditioning
 

@@ -48,6 +48,7 @@ from clif_serve.bench.environment import describe_environment
 from clif_serve.bench.results import write_results
 from clif_serve.concepts.registry import ConceptRegistry
 from clif_serve.contract.folder import open_export
+from clif_serve.contract.ort_settings import OrtSettings
 from clif_serve.contract.stages import REGION_HIDDEN_STATES, REGION_MASKS, UNET_LORA
 from clif_serve.export.exporter import export_model
 from clif_serve.local import local_server
@@ -55,7 +56,6 @@ from clif_serve.models import regional_attention
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.executor import Executor, RegionInputs
 from clif_serve.runtime.ort_executor import OrtExecutor
-from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.regions import Region
 from clif_serve.runtime.request import GenerationRequest

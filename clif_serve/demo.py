@@ -28,12 +28,12 @@ from clif_serve.bench.baselines import stand_in_lora
 from clif_serve.bench.server_stats import difference, per_pipeline_request, snapshot
 from clif_serve.bench.stats import LatencySummary
 from clif_serve.concepts.create import new_pack
+from clif_serve.contract.ort_settings import OrtSettings
 from clif_serve.contract.stages import UNET, UNET_BANK, VAE_DECODER
 from clif_serve.local import local_server
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.factory import ort_pipeline
 from clif_serve.runtime.images import save_pngs
-from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.regions import Region
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.client import ClifClient

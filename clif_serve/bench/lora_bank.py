@@ -26,9 +26,9 @@ from clif_serve.bench.load import LoadResult, run_load
 from clif_serve.bench.server_stats import difference, snapshot
 from clif_serve.concepts.create import new_pack
 from clif_serve.contract.folder import ExportFolder
+from clif_serve.contract.ort_settings import OrtSettings
 from clif_serve.contract.stages import UNET, UNET_BANK
 from clif_serve.models.loading import load_base_model
-from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.runtime.resident_bank import ResidentBank
 from clif_serve.serving.client import ClifClient

@@ -30,10 +30,10 @@ from clif_serve.bench.timed_executor import UNET_STEP, TimedExecutor
 from clif_serve.concepts.create import new_pack
 from clif_serve.concepts.registry import ConceptRegistry
 from clif_serve.contract.folder import ExportFolder
+from clif_serve.contract.ort_settings import OrtSettings
 from clif_serve.contract.stages import UNET, VAE_DECODER
 from clif_serve.models.loading import BaseModel
 from clif_serve.runtime.ort_executor import OrtExecutor
-from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.serving.client import ClifClient

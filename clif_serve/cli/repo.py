@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clif_serve.runtime.ort_settings import SPINNING
+from clif_serve.contract.ort_settings import SPINNING
 from clif_serve.serving.options import BACKENDS, DEVICES, RepoOptions
 from clif_serve.serving.parameters import ModelParameters
 

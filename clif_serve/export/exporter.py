@@ -40,6 +40,7 @@ from clif_serve.contract.folder import (
     open_export,
     write_manifests,
 )
+from clif_serve.contract.ort_settings import OrtSettings
 from clif_serve.contract.stages import UNET, UNET_STAGES, VAE_DECODER, tokenizer_dir_name
 from clif_serve.errors import ClifServeError, InputError
 from clif_serve.export.memory import check_export_memory
@@ -48,7 +49,6 @@ from clif_serve.export.parity import (
     ExportParityError,
     StageReference,
     check_reference,
-    quiet_session_options,
     reference_outputs,
 )
 from clif_serve.export.recipe import Recipe, default_recipe_name, load_recipe
@@ -118,7 +118,9 @@ def trace_stage(stage: StageTrace, folder: Path, recipe: Recipe, weight_map_targ
 def check_traced(traced: TracedStage) -> dict:
     """Load the saved stage in onnxruntime, compare with the references; the record with its parity figures."""
     started = time.perf_counter()
-    session = ort.InferenceSession(str(traced.folder / ONNX_FILE), quiet_session_options(), providers=["CPUExecutionProvider"])
+    # The executors' session settings (error-only logging, threads spinning only during a run).
+    options = OrtSettings().session_options()
+    session = ort.InferenceSession(str(traced.folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
     parity = check_reference(traced.reference, session)
     del session
     return {**traced.record, "parity": parity, "parity_seconds": round(time.perf_counter() - started, 3)}

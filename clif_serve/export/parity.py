@@ -54,12 +54,6 @@ class ExportParityError(ClifServeError):
     """An exported stage disagrees with PyTorch beyond the tolerance: the export is refused."""
 
 
-def quiet_session_options() -> ort.SessionOptions:
-    """Session options that log errors only (zero-initialised LoRA inputs otherwise warn per input)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return options
-
 
 @dataclass
 class ReductionCount:

@@ -15,7 +15,7 @@ from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.torch_executor import TorchExecutor
 
 if TYPE_CHECKING:
-    from clif_serve.runtime.ort_settings import OrtSettings
+    from clif_serve.contract.ort_settings import OrtSettings
 
 
 def torch_pipeline(
@@ -34,8 +34,8 @@ def ort_pipeline(
 
     `settings` (threads, spinning, providers, IOBinding) defaults to `OrtSettings()`.
     """
+    from clif_serve.contract.ort_settings import OrtSettings
     from clif_serve.runtime.ort_executor import OrtExecutor
-    from clif_serve.runtime.ort_settings import OrtSettings
 
     executor = OrtExecutor(export_dir, settings if settings is not None else OrtSettings())
     registry = ConceptRegistry(executor.spec, packs)

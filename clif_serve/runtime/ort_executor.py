@@ -14,7 +14,7 @@ Runs are plain `InferenceSession.run` calls by default. IOBinding (binding the t
 memory) is a setting: on CPU it was not faster end to end (benchmarks/pipeline_speed.py, tiny,
 20 steps: 790 ms bound vs 774 ms plain with one thread; 811 vs 605 ms with two on a busy
 machine), and adapters do not apply to IOBinding runs, so adapter runs always use `run`. Worker
-threads spin during a run and stop when it returns (`OrtSettings.spinning`, `runtime/ort_settings.py`):
+threads spin during a run and stop when it returns (`OrtSettings.spinning`, `contract/ort_settings.py`):
 spinning on after a run took the cores from the scheduler step (1305 ms instead of 605 ms for a
 two-thread run), sleeping between operators made every operator wait for a wake-up.
 """
@@ -28,6 +28,7 @@ import onnxruntime as ort
 import torch
 
 from clif_serve.contract.folder import ExportFolder, open_export
+from clif_serve.contract.ort_settings import OrtSettings
 from clif_serve.contract.stages import UNET_BANK, VAE_DECODER
 from clif_serve.lora.cache import PinnedCache
 from clif_serve.lora.onnx import ActiveAdapter, load_adapter
@@ -35,7 +36,6 @@ from clif_serve.lora.slots import SlotTable
 from clif_serve.lora.weights import LoraWeights
 from clif_serve.runtime.executor import Executor
 from clif_serve.runtime.ort_device import OrtDevice
-from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.resident_bank import ResidentBank
 from clif_serve.runtime.stage_inputs import unet_inputs
 

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, get_type_hints
 
 from clif_serve.concepts.limits import DEFAULT_MAX_CONCEPTS, DEFAULT_MAX_PACK_BYTES
 from clif_serve.contract.folder import ONNX_FILE
+from clif_serve.contract.ort_settings import OrtSettings
 from clif_serve.errors import ModelFolderError
-from clif_serve.runtime.ort_settings import OrtSettings
 
 if TYPE_CHECKING:
     from clif_serve.contract.deployment import Deployment
@@ -43,7 +43,7 @@ class ModelParameters:
     """Settings of the Python-backend models; each model uses the fields that concern it."""
 
     # Stage models: the ONNX file in the version folder, onnxruntime's intra-op threads (0: default)
-    # and its worker threads' spinning policy (one of clif_serve.runtime.ort_settings.SPINNING).
+    # and its worker threads' spinning policy (one of clif_serve.contract.ort_settings.SPINNING).
     model_file: str = ONNX_FILE
     intra_op_threads: int = 0
     ort_spinning: str = OrtSettings.spinning

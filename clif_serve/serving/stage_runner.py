@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from clif_serve.contract.ort_settings import OrtSettings
 from clif_serve.runtime.ort_device import OrtDevice, dtype_name
-from clif_serve.runtime.ort_settings import OrtSettings
 
 # name -> array (numpy on the host, torch on CUDA: `OrtDevice.asarray`)
 Feed = Mapping[str, object]

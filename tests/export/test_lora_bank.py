@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from clif_serve.contract.ort_settings import OrtSettings
 from clif_serve.contract.stages import UNET_BANK
 from clif_serve.errors import PackError
 from clif_serve.export.exporter import export_stage
-from clif_serve.export.parity import quiet_session_options
 from clif_serve.export.recipe import load_recipe
 from clif_serve.export.traces import UNetModule, _unet_inputs, unet_bank_trace
 from clif_serve.lora.bank import LoraBank
@@ -44,7 +44,7 @@ def bank_stage(request, tmp_path_factory):
     else:
         base = request.getfixturevalue("tiny_xl_base")
         deployment, path, record = _xl_bank_stage(base, tmp_path_factory.mktemp("bank"))
-    session = ort.InferenceSession(str(path), quiet_session_options())
+    session = ort.InferenceSession(str(path), OrtSettings().session_options())
     loras = {
         "a": _realistic(random_lora(base, rank=4, alpha=4.0, seed=31)),
         "b": _realistic(random_lora(base, rank=2, alpha=1.0, seed=32, modules=10)),

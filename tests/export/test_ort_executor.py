@@ -11,10 +11,10 @@ import torch
 
 from clif_serve.concepts.registry import ConceptRegistry
 from clif_serve.contract.folder import MANIFEST
+from clif_serve.contract.ort_settings import OrtSettings
 from clif_serve.errors import InputError, PackError
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.ort_executor import OrtExecutor
-from clif_serve.runtime.ort_settings import OrtSettings
 from clif_serve.runtime.pipeline import ConceptPipeline
 from clif_serve.runtime.request import GenerationRequest
 from clif_serve.runtime.torch_executor import TorchExecutor

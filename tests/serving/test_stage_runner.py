@@ -154,8 +154,8 @@ def test_served_stage_sessions_take_the_repository_spinning_policy(tiny_export, 
     from google.protobuf.json_format import MessageToDict
 
     from clif_serve.cli import main
+    from clif_serve.contract.ort_settings import OrtSettings
     from clif_serve.runtime.ort_executor import OrtExecutor
-    from clif_serve.runtime.ort_settings import OrtSettings
     from clif_serve.serving.configs import read_config
     from clif_serve.serving.parameters import ModelParameters
 
@@ -172,7 +172,7 @@ def test_served_stage_sessions_take_the_repository_spinning_policy(tiny_export, 
 
 def test_unknown_spinning_policies_are_refused(tiny_export, tmp_path, capsys):
     from clif_serve.cli import main
-    from clif_serve.runtime.ort_settings import OrtSettings
+    from clif_serve.contract.ort_settings import OrtSettings
 
     with pytest.raises(ValueError, match="spinning must be one of run, off, always"):
         OrtSettings(spinning="sometimes")

@@ -1,8 +1,9 @@
 """onnxruntime session settings: the ONE place that turns clif-serve's choices into `SessionOptions`.
 
-The in-process executor (`OrtExecutor`) and the served stage models (`StageRunner`) build their
-sessions from an `OrtSettings`, so a served stage and the in-process pipeline run the same graph
-with the same thread pool behaviour. Importing this module imports neither onnxruntime nor torch
+The in-process executor (`OrtExecutor`), the served stage models (`StageRunner`) and the
+exporter's parity check build their sessions from an `OrtSettings`, so a served stage and the
+in-process pipeline run the same graph with the same thread pool behaviour. It lives in the
+contract, below export, runtime and serving, because all three read it. Importing this module imports neither onnxruntime nor torch
 (the CLI and every served model's process read `SPINNING`).
 
 Spinning (`spinning`): onnxruntime's intra-op worker threads can busy-wait for work instead of
