@@ -50,7 +50,7 @@ from clif_serve.evaluation.leakage import judge_image, score_images
 from clif_serve.evaluation.retrieval import concept_text_features, retrieval_confusion
 from clif_serve.evaluation.stats import mean_ci, ratio_ci
 from clif_serve.evaluation.world import look_alike_pair
-from clif_serve.evaluation.world_model import QUICK_RECIPE, World, WorldRecipe, build_world
+from clif_serve.evaluation.world_model import COMPONENT_FIELDS, QUICK_RECIPE, World, WorldRecipe, build_world
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.factory import torch_pipeline
 from clif_serve.runtime.images import to_uint8
@@ -326,11 +326,14 @@ def world_markdown(world: dict) -> list[str]:
         f"Judge on VAE reconstructions: lowest attribute accuracy {world['vae']['reconstructions']['min_accuracy']:.3f}; "
         f"mean abs pixel error {world['vae']['mean_abs_pixel_error']:.1f}/255.",
     ]
-    for kind in ("1_toy", "2_toys"):
-        fidelity = world["drawing"][kind]
-        lines.append(f"Drawing, {kind.replace('_', ' ')} prompts ({fidelity['prompts']}): attributes as prompted "
-                     f"{json.dumps({k: round(v, 2) for k, v in fidelity['attribute_accuracy'].items()})}, "
-                     f"object count right {fidelity['count_accuracy']:.2f}.")
+    for section, how in (("drawing", "prompts"), ("drawing_class_words", "prompts naming each toy by its body shape only")):
+        if section not in world:  # a report made before class-word prompts were scored
+            continue
+        for kind in ("1_toy", "2_toys"):
+            fidelity = world[section][kind]
+            lines.append(f"Drawing, {kind.replace('_', ' ')} {how} ({fidelity['prompts']}): attributes as prompted "
+                         f"{json.dumps({k: round(v, 2) for k, v in fidelity['attribute_accuracy'].items()})}, "
+                         f"object count right {fidelity['count_accuracy']:.2f}.")
     seconds = {k: v["seconds"] for k, v in world["components"].items()}
     lines.append(f"World build seconds (cached, not part of this run unless built now): {json.dumps(seconds)}; "
                  f"recipe {json.dumps(world['recipe'])}.")
@@ -346,8 +349,12 @@ def world_section(world: World, args) -> dict:
     scenes = [judge_scene(rng) for _ in range(args.fidelity_renders)]
     vae = AutoencoderKL.from_pretrained(world.base_dir / "vae").eval()
     pipeline = torch_pipeline(world.base_dir)
-    drawing = drawing_fidelity(pipeline, judge, args.fidelity_prompts, 0, args.sampling_steps, args.guidance_scale)
-    return {**world.report(), "vae": vae_fidelity(vae, judge, scenes), "drawing": drawing}
+    drawing = {
+        section: drawing_fidelity(pipeline, judge, args.fidelity_prompts, 0, args.sampling_steps, args.guidance_scale,
+                                  class_words=section == "drawing_class_words")
+        for section in ("drawing", "drawing_class_words")
+    }
+    return {**world.report(), "vae": vae_fidelity(vae, judge, scenes), **drawing}
 
 
 def world_grid(world: World, args, path: Path) -> Path:
@@ -402,6 +409,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
     parser.add_argument("--fidelity-prompts", type=int, default=64, help="plain prompts for the world's drawing fidelity")
     parser.add_argument("--fidelity-renders", type=int, default=300, help="held-out renders for the VAE fidelity")
+    parser.add_argument("--world-part", choices=sorted(COMPONENT_FIELDS), action="append", default=None,
+                        help="only build these world components and stop (run vae, clip and judge as separate processes at once)")
     parser.add_argument("--world-only", action="store_true",
                         help="only the world: judge accuracy, VAE and drawing fidelity, sample grid (confusion_world.*)")
     parser.add_argument("--world-report", type=Path, default=None, metavar="JSON",
@@ -429,6 +438,9 @@ def main(argv: list[str] | None = None) -> dict:
                                 sampling_steps=2, fidelity_prompts=4, fidelity_renders=8).items():
             setattr(args, name, value)
     started = time.perf_counter()
+    if args.world_part:
+        build_world(recipe, args.world_root, tuple(args.world_part))
+        return {"built": args.world_part}
     world = build_world(recipe, args.world_root)
     if args.world_only:
         return world_only(world, args, started)

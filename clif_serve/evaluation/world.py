@@ -218,16 +218,44 @@ def pair_caption(first: str, second: str, rng: np.random.Generator) -> str:
 
 
 TEMPLATES = ("{}", "a photo of {}", "a rendering of {}", "a close-up photo of {}", "a good photo of {}")
+KEEP = 0.6  # chance that a partial caption says each optional attribute
 
 
-def captioned_scene(rng: np.random.Generator, pair_share: float = 0.5) -> tuple[Scene, str]:
-    """A random scene (single toy or pair) and its caption in one of the world's templates."""
+def partial_caption(toy: Toy, rng: np.random.Generator) -> str:
+    """A caption that leaves some attributes out, as real captions do: "a striped circle", "a circle
+    with a square", "a red circle with a blue square". The body shape (the class word a personal
+    concept starts from) is always said; body colour, texture and the head are each said with
+    chance `KEEP`, the head's colour again with chance `KEEP`.
+
+    Without such captions the world model only ever saw complete descriptions, so a prompt that
+    names a toy by its class word alone ("a photo of <ann> and <bob>" starting from "circle") was
+    outside what it learned to draw.
+    """
+    words = [toy.body_colour] if rng.random() < KEEP else []
+    if toy.texture != "plain" and rng.random() < KEEP:
+        words.append(toy.texture)
+    phrase = " ".join(["a", *words, toy.body_shape])
+    if rng.random() < KEEP:
+        head = [toy.head_colour] if rng.random() < KEEP else []
+        phrase += " with a " + " ".join([*head, toy.head_shape])
+    return phrase
+
+
+def toy_caption(toy: Toy, rng: np.random.Generator, partial_share: float) -> str:
+    """The complete caption, or with chance `partial_share` a partial one."""
+    return partial_caption(toy, rng) if partial_share and rng.random() < partial_share else toy.caption()
+
+
+def captioned_scene(rng: np.random.Generator, pair_share: float = 0.5, partial_share: float = 0.0) -> tuple[Scene, str]:
+    """A random scene (single toy or pair) and its caption in one of the world's templates
+    (each toy's phrase partial with chance `partial_share`)."""
     template = TEMPLATES[rng.integers(len(TEMPLATES))]
     if rng.random() < pair_share:
         first, second = random_toy(rng), random_toy(rng)
-        return render_pair(first, second, rng), template.format(pair_caption(first.caption(), second.caption(), rng))
+        phrases = (toy_caption(first, rng, partial_share), toy_caption(second, rng, partial_share))
+        return render_pair(first, second, rng), template.format(pair_caption(*phrases, rng))
     toy = random_toy(rng)
-    return render_single(toy, rng), template.format(toy.caption())
+    return render_single(toy, rng), template.format(toy_caption(toy, rng, partial_share))
 
 
 def region_image(scene: Scene, index: int, part: str) -> Image.Image:

@@ -15,6 +15,11 @@ it is done (a rerun skips finished parts; the UNet resumes from its last checkpo
    an EMA of the weights (the EMA is what is saved).
 4. **Judge** (`clif_serve.evaluation.judge`), on renders only.
 
+Captions: half of the toy phrases the VAE, CLIP and UNet train on are partial ("a striped circle",
+"a circle with a square"; `world.partial_caption`), so the model draws a toy from its class word
+alone, as a personal concept's prompt starts. VAE, CLIP and judge do not depend on each other and
+can be built by separate processes at once (`build_world(parts=...)`).
+
 The base folder is a normal SD1.5-layout diffusers folder (`StableDiffusionPipeline.save_pretrained`)
 with the tiny models' tokenizer, so `load_base_model(folder)`, training, export and serving take
 it like any checkpoint. Everything is seeded; timings and quality figures go to `world.json`.
@@ -78,10 +83,11 @@ class WorldRecipe:
     clip_steps: int = 1_000
     unet_steps: int = 2_000  # the length of the UNet's learning-rate schedule
     unet_stop: int | None = None  # stop the UNet at this step instead (a world cut short; the schedule is kept)
-    judge_steps: int = 1_000
+    judge_steps: int = 2_000  # 1 000 left head-shape accuracy at 0.93 on held-out renders
     unet_batch: int = 64
     unet_lr: float = 1e-3
     judge_held_out: int = 500
+    partial_captions: float = 0.5  # share of toy phrases that leave attributes out (world.partial_caption)
     version: str = "1"
 
 
@@ -92,9 +98,10 @@ QUICK_RECIPE = WorldRecipe(images=64, clip_images=64, vae_steps=2, clip_steps=2,
 
 # The recipe fields each component depends on (a component is rebuilt only when one of them changes).
 COMPONENT_FIELDS = {
-    "vae": ("seed", "images", "vae_steps"),
-    "clip": ("seed", "clip_images", "clip_steps"),
-    "base": ("seed", "images", "vae_steps", "clip_images", "clip_steps", "unet_steps", "unet_batch", "unet_lr", "unet_stop"),
+    "vae": ("seed", "images", "vae_steps", "partial_captions"),
+    "clip": ("seed", "clip_images", "clip_steps", "partial_captions"),
+    "base": ("seed", "images", "vae_steps", "clip_images", "clip_steps", "unet_steps", "unet_batch", "unet_lr", "unet_stop",
+             "partial_captions"),
     "judge": ("seed", "judge_steps", "judge_held_out"),
 }
 
@@ -141,11 +148,11 @@ class World:
         return {"recipe": asdict(self.recipe), "components": builds}
 
 
-def _scenes(count: int, seed: int) -> tuple[list[Scene], list[str]]:
+def _scenes(count: int, seed: int, partial_share: float) -> tuple[list[Scene], list[str]]:
     rng = np.random.default_rng(seed)
     scenes, captions = [], []
     for _ in range(count):
-        scene, caption = captioned_scene(rng)
+        scene, caption = captioned_scene(rng, partial_share=partial_share)
         scenes.append(scene)
         captions.append(caption)
     return scenes, captions
@@ -213,13 +220,13 @@ def clip_config(vocab_size: int, bos: int, eos: int, pad: int) -> CLIPConfig:
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=TEXT_HIDDEN)
 
 
-def clip_pool(count: int, seed: int) -> tuple[list, list[str]]:
+def clip_pool(count: int, seed: int, partial_share: float) -> tuple[list, list[str]]:
     """Captioned images for CLIP: world scenes (80 %) and lone parts cropped as stage 1 crops regions."""
     rng = np.random.default_rng(seed)
     images, captions = [], []
     for _ in range(count):
         if rng.random() < 0.8:
-            scene, caption = captioned_scene(rng)
+            scene, caption = captioned_scene(rng, partial_share=partial_share)
             images.append(scene.image)
             captions.append(caption)
         else:
@@ -374,10 +381,25 @@ def _finish(staging: Path, target: Path, started: float, **figures) -> None:
     os.replace(staging, target)
 
 
-def build_world(recipe: WorldRecipe = WorldRecipe(), root: Path | None = None) -> World:
-    """Build what is missing of the world under `root` (default: `cache_dir()/worlds`); return it."""
+# What each component is trained from: the base model's UNet trains on the VAE's latents and the CLIP's text tower.
+NEEDS = {"vae": (), "clip": (), "base": ("vae", "clip"), "judge": ()}
+
+
+def build_world(recipe: WorldRecipe = WorldRecipe(), root: Path | None = None, parts: tuple[str, ...] | None = None) -> World:
+    """Build what is missing of the world under `root` (default: `cache_dir()/worlds`); return it.
+
+    `parts` (default: all, in `COMPONENT_FIELDS` order) builds only those components, so independent
+    ones (vae, clip, judge) can be built by separate processes at once; "base" needs vae and clip built.
+    """
     world = World(Path(root) if root is not None else cache_dir() / "worlds", recipe)
-    if world.complete():
+    parts = tuple(COMPONENT_FIELDS) if parts is None else parts
+    unknown = [part for part in parts if part not in COMPONENT_FIELDS]
+    if unknown:
+        raise ValueError(f"parts: unknown world components {unknown}; known: {', '.join(COMPONENT_FIELDS)}")
+    missing = [need for part in parts for need in NEEDS[part] if need not in parts and not (world.folder(need) / BUILD_FILE).is_file()]
+    if missing:
+        raise ValueError(f"parts: building {', '.join(parts)} needs {', '.join(dict.fromkeys(missing))} built first")
+    if all((world.folder(part) / BUILD_FILE).is_file() for part in parts):
         return world
     world.root.mkdir(parents=True, exist_ok=True)
     tokenizer = build_clip_tokenizer()
@@ -385,23 +407,24 @@ def build_world(recipe: WorldRecipe = WorldRecipe(), root: Path | None = None) -
 
     def scene_pool() -> tuple[np.ndarray, list[str]]:
         if not pool:
-            scenes, captions = _scenes(recipe.images, recipe.seed)
+            scenes, captions = _scenes(recipe.images, recipe.seed, recipe.partial_captions)
             pool.extend((_images(scenes), captions))
         return pool[0], pool[1]
 
-    if not (world.folder("vae") / BUILD_FILE).is_file():
+    if not (world.folder("vae") / BUILD_FILE).is_file() and "vae" in parts:
         started, staging = time.perf_counter(), world.staging("vae")
         train_vae(scene_pool()[0], recipe.vae_steps, recipe.seed).save_pretrained(staging)
         _finish(staging, world.folder("vae"), started)
-    vae = AutoencoderKL.from_pretrained(world.folder("vae")).eval().requires_grad_(False)
-    if not (world.clip_dir / BUILD_FILE).is_file():
+    if not (world.clip_dir / BUILD_FILE).is_file() and "clip" in parts:
         started, staging = time.perf_counter(), world.staging("clip")
-        clip = train_clip(tokenizer, *clip_pool(recipe.clip_images, recipe.seed + 1), recipe.clip_steps, recipe.seed)
+        pool_images, pool_captions = clip_pool(recipe.clip_images, recipe.seed + 1, recipe.partial_captions)
+        clip = train_clip(tokenizer, pool_images, pool_captions, recipe.clip_steps, recipe.seed)
         clip.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         _finish(staging, world.clip_dir, started)
-    if not (world.base_dir / BUILD_FILE).is_file():
+    if not (world.base_dir / BUILD_FILE).is_file() and "base" in parts:
         started, staging = time.perf_counter(), world.staging("base")
+        vae = AutoencoderKL.from_pretrained(world.folder("vae")).eval().requires_grad_(False)
         if not (staging / "model_index.json").is_file():
             torch.manual_seed(recipe.seed)
             text_encoder = CLIPModel.from_pretrained(world.clip_dir).text_model
@@ -418,7 +441,7 @@ def build_world(recipe: WorldRecipe = WorldRecipe(), root: Path | None = None) -
         unet.save_pretrained(staging / "unet")
         _finish(staging, world.base_dir, started, unet_steps_done=training.step)  # seconds: this build's share only
         shutil.rmtree(state.parent, ignore_errors=True)
-    if not (world.judge_dir / BUILD_FILE).is_file():
+    if not (world.judge_dir / BUILD_FILE).is_file() and "judge" in parts:
         started, staging = time.perf_counter(), world.staging("judge")
         net = judge_module.train_judge(recipe.judge_steps, recipe.seed + 2)
         rng = np.random.default_rng(recipe.seed + 3)

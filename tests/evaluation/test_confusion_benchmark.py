@@ -80,6 +80,7 @@ def test_world_only_reports_the_world_without_training(confusion, quick_world, w
     saved = json.loads((out / "confusion_world.json").read_text())
     assert saved["world"]["components"]["judge"]["held_out"]["scenes"] == 8
     assert set(saved["world"]["drawing"]) >= {"1_toy", "2_toys"}
+    assert set(saved["world"]["drawing_class_words"]["2_toys"]["attribute_accuracy"]) == {"body_shape"}
     assert "Judge on 8 held-out renders" in (out / "confusion_world.md").read_text()
     assert (out / "confusion_world_samples.png").stat().st_size > 1000
     assert not (out / "confusion.json").exists()

@@ -10,6 +10,7 @@ from clif_serve.evaluation.world import (
     SIZE,
     captioned_scene,
     look_alike_pair,
+    partial_caption,
     random_toy,
     render_pair,
     render_scattered,
@@ -55,6 +56,25 @@ def test_captions_say_what_is_drawn_and_renders_are_seeded():
         assert toy.caption() in caption
     again, same_caption = captioned_scene(np.random.default_rng(3))
     assert same_caption == caption and np.array_equal(np.asarray(again.image), np.asarray(scene.image))
+    # No partial captions: the complete ones come from the same draws as before partial captions existed.
+    assert captioned_scene(np.random.default_rng(3), partial_share=0.0)[1] == caption
+
+
+def test_partial_captions_name_the_body_shape_and_never_say_what_is_not_drawn():
+    rng = np.random.default_rng(5)
+    said = set()
+    for _ in range(300):
+        toy = random_toy(rng)
+        caption = partial_caption(toy, rng)
+        body, _, head = caption.partition(" with a ")
+        assert body.split()[0] == "a" and body.split()[-1] == toy.body_shape
+        assert set(body.split()[1:-1]) <= {toy.body_colour, toy.texture} - {"plain"}
+        if head:
+            assert head.split()[-1] == toy.head_shape and set(head.split()[:-1]) <= {toy.head_colour}
+        said.add(caption == toy.caption())
+    assert said == {True, False}  # sometimes complete, sometimes not
+    scenes = [captioned_scene(rng, partial_share=1.0) for _ in range(50)]
+    assert any(len(caption.split()) <= 4 for _, caption in scenes)  # "a photo of a circle" style captions occur
 
 
 def test_scattered_toys_do_not_overlap():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import torch
 
 from clif_serve.concepts.pack import read_pack
@@ -64,3 +65,13 @@ def test_a_world_cut_short_stops_its_unet_and_keeps_the_other_keys(quick_world, 
     assert json.loads((tmp_path / "unet.json").read_text())["step"] == 1
     # The schedule still spans unet_steps: one step of four (no warm-up) leaves the rate near its start, not at its floor.
     assert training.optimizer.param_groups[0]["lr"] > 0.5 * cut.unet_lr
+
+
+def test_world_parts_build_alone_and_the_base_waits_for_its_inputs(tmp_path):
+    with pytest.raises(ValueError, match="parts: unknown world components"):
+        build_world(QUICK_RECIPE, tmp_path, ("unet",))
+    with pytest.raises(ValueError, match="parts: building base needs vae, clip built first"):
+        build_world(QUICK_RECIPE, tmp_path, ("base",))
+    world = build_world(QUICK_RECIPE, tmp_path, ("judge",))
+    assert (world.judge_dir / BUILD_FILE).is_file()
+    assert not world.folder("vae").exists() and not world.complete()
