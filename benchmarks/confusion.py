@@ -21,9 +21,12 @@ of held-out part regions in the world CLIP's space (the former benchmark, more r
 
 Seeds are independent, so a run can be split into shards (one process or machine each) and merged:
 
-    python benchmarks/confusion.py --rows core --seeds 5 --out /tmp/a
-    python benchmarks/confusion.py --rows core --seeds 5 --seed-start 5 --out /tmp/b
-    python benchmarks/confusion.py --merge /tmp/a/confusion_core.json /tmp/b/confusion_core.json
+    python benchmarks/confusion.py --seeds 5 --out /tmp/a
+    python benchmarks/confusion.py --seeds 5 --seed-start 5 --out /tmp/b
+    python benchmarks/confusion.py --merge /tmp/a/confusion.json /tmp/b/confusion.json
+
+The world's VAE, CLIP and judge are independent: `--world-part vae|clip|judge` builds one (a
+process per core), then `--world-part base` trains the UNet on them.
 """
 
 from __future__ import annotations
@@ -42,7 +45,12 @@ from PIL import Image
 from clif_serve.bench.environment import describe_environment
 from clif_serve.concepts.create import new_pack
 from clif_serve.concepts.pack import read_pack
-from clif_serve.evaluation.concept_data import held_out_regions, write_common_folders, write_concept_folder
+from clif_serve.evaluation.concept_data import (
+    FRAMINGS,
+    held_out_regions,
+    write_common_folders,
+    write_concept_folder,
+)
 from clif_serve.evaluation.fidelity import drawing_fidelity, fidelity_prompts, vae_fidelity
 from clif_serve.evaluation.grid import sample_grid
 from clif_serve.evaluation.judge import find_objects, judge_scene, load_judge
@@ -191,7 +199,7 @@ def run_seed(seed: int, world: World, rows: list[Row], args, work: Path, samples
     rng = np.random.default_rng(1000 + seed)
     pair = look_alike_pair(rng)
     concepts = tuple(
-        ConceptSource(name, write_concept_folder(work / name, toy, rng, args.shots), toy.body_shape)
+        ConceptSource(name, write_concept_folder(work / name, toy, rng, args.shots, args.shot_framing), toy.body_shape)
         for name, toy in zip(NAMES, pair, strict=True)
     )
     commons = write_common_folders(work, rng)
@@ -404,6 +412,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ti-steps", type=int, default=200, help="textual-inversion steps (training default)")
     parser.add_argument("--lora-steps", type=int, default=200, help="joint LoRA steps (training default)")
     parser.add_argument("--shots", type=int, default=4, help="training images per concept")
+    parser.add_argument("--shot-framing", choices=FRAMINGS, default="close",
+                        help="how the concept's training photos frame it: close-ups only (default), or varied sizes and places")
     parser.add_argument("--held-out", type=int, default=40, help="held-out renders per concept for retrieval")
     parser.add_argument("--sampling-steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)")

@@ -7,20 +7,43 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clif_serve.evaluation.world import Toy, random_toy, region_image, render_pair, render_single
+from clif_serve.evaluation.world import (
+    Scene,
+    Toy,
+    random_toy,
+    region_image,
+    render_pair,
+    render_scattered,
+    render_single,
+)
 from clif_serve.training.config import CommonSource
 
 PARTS_OF_TOY = ("body", "head")
+# How a concept's training photos frame the toy: "close" (body 26-34 px, as a one-toy caption is drawn)
+# or "varied" (body 16-34 px anywhere: close-ups and the smaller size a toy has beside another).
+FRAMINGS = ("close", "varied")
+VARIED_SIZES = (16, 35)
 
 
-def write_concept_folder(folder: Path, toy: Toy, rng: np.random.Generator, shots: int) -> Path:
-    """`shots` renders of one toy, with its part masks in `masks/<i>_body.png` and `masks/<i>_head.png`.
+def concept_photo(toy: Toy, rng: np.random.Generator, framing: str) -> Scene:
+    """One training photo of a concept's toy, framed as `framing` says (see FRAMINGS)."""
+    if framing == "close":
+        return render_single(toy, rng)
+    if framing == "varied":
+        return render_scattered([toy], rng, VARIED_SIZES)
+    raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
 
-    The masks stand in for the SAM masks of the CLIF paper (`--segmentation masks`).
+
+def write_concept_folder(folder: Path, toy: Toy, rng: np.random.Generator, shots: int, framing: str = "close") -> Path:
+    """`shots` photos of one toy, with its part masks in `masks/<i>_body.png` and `masks/<i>_head.png`.
+
+    The masks stand in for the SAM masks of the CLIF paper (`--segmentation masks`). "varied"
+    framing was tried as the cause of TI's packs drawing two concepts as one toy; it was not
+    (`benchmarks/results/confusion_varied_shots.md`), so close-ups stay the default.
     """
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     for index in range(shots):
-        scene = render_single(toy, rng)
+        scene = concept_photo(toy, rng, framing)
         scene.image.save(folder / f"{index}.png")
         for part in PARTS_OF_TOY:
             Image.fromarray(scene.mask(0, part).astype(np.uint8) * 255).save(folder / "masks" / f"{index}_{part}.png")
