@@ -139,8 +139,12 @@ class World:
     def judge_dir(self) -> Path:
         return self.folder("judge")
 
+    def built(self, component: str) -> bool:
+        """Whether the component is finished (its folder carries a build record)."""
+        return (self.folder(component) / BUILD_FILE).is_file()
+
     def complete(self) -> bool:
-        return all((self.folder(name) / BUILD_FILE).is_file() for name in COMPONENT_FIELDS)
+        return all(self.built(name) for name in COMPONENT_FIELDS)
 
     def report(self) -> dict:
         """The recipe and each component's build record (seconds, and the judge's held-out accuracy)."""
@@ -396,10 +400,10 @@ def build_world(recipe: WorldRecipe = WorldRecipe(), root: Path | None = None, p
     unknown = [part for part in parts if part not in COMPONENT_FIELDS]
     if unknown:
         raise ValueError(f"parts: unknown world components {unknown}; known: {', '.join(COMPONENT_FIELDS)}")
-    missing = [need for part in parts for need in NEEDS[part] if need not in parts and not (world.folder(need) / BUILD_FILE).is_file()]
+    missing = [need for part in parts for need in NEEDS[part] if need not in parts and not world.built(need)]
     if missing:
         raise ValueError(f"parts: building {', '.join(parts)} needs {', '.join(dict.fromkeys(missing))} built first")
-    if all((world.folder(part) / BUILD_FILE).is_file() for part in parts):
+    if all(world.built(part) for part in parts):
         return world
     world.root.mkdir(parents=True, exist_ok=True)
     tokenizer = build_clip_tokenizer()
@@ -411,18 +415,18 @@ def build_world(recipe: WorldRecipe = WorldRecipe(), root: Path | None = None, p
             pool.extend((_images(scenes), captions))
         return pool[0], pool[1]
 
-    if not (world.folder("vae") / BUILD_FILE).is_file() and "vae" in parts:
+    if "vae" in parts and not world.built("vae"):
         started, staging = time.perf_counter(), world.staging("vae")
         train_vae(scene_pool()[0], recipe.vae_steps, recipe.seed).save_pretrained(staging)
         _finish(staging, world.folder("vae"), started)
-    if not (world.clip_dir / BUILD_FILE).is_file() and "clip" in parts:
+    if "clip" in parts and not world.built("clip"):
         started, staging = time.perf_counter(), world.staging("clip")
         pool_images, pool_captions = clip_pool(recipe.clip_images, recipe.seed + 1, recipe.partial_captions)
         clip = train_clip(tokenizer, pool_images, pool_captions, recipe.clip_steps, recipe.seed)
         clip.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         _finish(staging, world.clip_dir, started)
-    if not (world.base_dir / BUILD_FILE).is_file() and "base" in parts:
+    if "base" in parts and not world.built("base"):
         started, staging = time.perf_counter(), world.staging("base")
         vae = AutoencoderKL.from_pretrained(world.folder("vae")).eval().requires_grad_(False)
         if not (staging / "model_index.json").is_file():
@@ -441,7 +445,7 @@ def build_world(recipe: WorldRecipe = WorldRecipe(), root: Path | None = None, p
         unet.save_pretrained(staging / "unet")
         _finish(staging, world.base_dir, started, unet_steps_done=training.step)  # seconds: this build's share only
         shutil.rmtree(state.parent, ignore_errors=True)
-    if not (world.judge_dir / BUILD_FILE).is_file() and "judge" in parts:
+    if "judge" in parts and not world.built("judge"):
         started, staging = time.perf_counter(), world.staging("judge")
         net = judge_module.train_judge(recipe.judge_steps, recipe.seed + 2)
         rng = np.random.default_rng(recipe.seed + 3)
