@@ -9,10 +9,11 @@ from clif_serve.cli.common import add_model_option
 
 
 def register(subparsers) -> None:
-    from clif_serve.training.config import CustomContrastConfig
+    from clif_serve.training.config import CustomContrastConfig, TrainConfig
     from clif_serve.training.segmentation import SegmentationConfig
 
     cc, seg = CustomContrastConfig(), SegmentationConfig()
+    defaults = TrainConfig(concepts=(), out=Path())
     parser = subparsers.add_parser(
         "train",
         help="train concept packs (CLIF: contrastive tokens, textual inversion, joint LoRA)",
@@ -38,6 +39,16 @@ def register(subparsers) -> None:
     parser.add_argument("--cc-layer-temperature", type=float, default=cc.layer_temperature, help="per-layer term temperature")
     parser.add_argument("--cc-multiview-weight", type=float, default=cc.multiview_weight, help="weight of the per-layer term")
     parser.add_argument("--cc-views", type=int, default=cc.views, help="augmented views per image")
+    parser.add_argument(
+        "--contrastive-weight", type=float, default=defaults.contrastive_weight,
+        help="with a clif stage: keep its loss, times this, in the ti and lora stages "
+        f"(0: the CLIF reference, diffusion loss only; default: {defaults.contrastive_weight:g})",
+    )
+    parser.add_argument(
+        "--anchor-weight", type=float, default=defaults.anchor_weight,
+        help="trust region: weight of the rows' relative squared distance from the stage-1 result in ti and lora "
+        f"(default: {defaults.anchor_weight:g})",
+    )
     parser.add_argument("--image-encoder", action="append", default=[], metavar="CLIP_DIR",
                         help="local CLIP folder (CLIPModel layout); one, or one per text encoder (default: tiny CLIP)")
     parser.add_argument("--common", action="append", default=[], metavar="WORD=IMAGE_DIR",
@@ -99,6 +110,8 @@ def config_from_args(args: argparse.Namespace):
         device=args.device,
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
+        contrastive_weight=args.contrastive_weight,
+        anchor_weight=args.anchor_weight,
         seed=args.seed,
         resume=args.resume,
     )

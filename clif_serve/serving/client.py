@@ -166,11 +166,11 @@ class ClifClient:
     def is_ready(self, url: str | None = None) -> bool:
         """Whether a replica (`url`; default: any of them) and its models are ready."""
         urls = self.urls if url is None else (url,)
-        return any(self._replica_ready(self.replicas.replica(each).client) for each in urls)
+        return any(self._replica_ready(each) for each in urls)
 
-    def _replica_ready(self, client: grpcclient.InferenceServerClient) -> bool:
+    def _replica_ready(self, url: str) -> bool:
         try:
-            return bool(client.is_server_ready(headers=self._headers))
+            return bool(self.replicas.call_on(url, lambda client: client.is_server_ready(headers=self._headers)))
         except InferenceServerException:
             return False
 
@@ -216,9 +216,10 @@ class ClifClient:
 
     def statistics(self, model: str, url: str | None = None) -> dict:
         """Triton's inference statistics of one model on one replica (`url`; default: the only one)."""
-        client = self.replicas.replica(url).client
         try:
-            stats = client.get_inference_statistics(model, headers=self._headers, as_json=True)
+            stats = self.replicas.call_on(
+                url, lambda client: client.get_inference_statistics(model, headers=self._headers, as_json=True)
+            )
         except InferenceServerException as exc:
             _raise_as_library_error(exc, InputError)
         return stats["model_stats"][0]

@@ -10,6 +10,8 @@ concept add (the store keeps one copy of a pack; a repeated add reports `changed
 
 gRPC channels wait between reconnection attempts (by default growing to two minutes); these wait
 at most `RECONNECT_BACKOFF_MS`, so a replica back from a restart gets requests within a second.
+Until then its channel still fails calls with the last attempt's error ("Connection refused"), so
+a call addressed to one replica (`call_on`) is tried once more after that wait.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from clif_serve.errors import InputError
 Result = TypeVar("Result")
 
 RECONNECT_BACKOFF_MS = 500
+RECONNECT_RETRY_S = 1.2 * RECONNECT_BACKOFF_MS / 1000  # gRPC jitters its back-off by up to 20 %
 CHANNEL_ARGS = [
     # tritonclient's own defaults (replaced as a whole when channel_args is given) ...
     ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
@@ -125,6 +128,19 @@ class ReplicaPool:
                     raise
             finally:
                 self._release(replica, down)
+
+    def call_on(self, url: str | None, call: Callable[[grpcclient.InferenceServerClient], Result]) -> Result:
+        """`call(client)` on the replica at `url` (default: the only one); when it is unavailable, once more
+        after the channel's longest reconnection wait (a server back from a restart may be up before its
+        channel tries again). Other errors, and a second failure, propagate."""
+        client = self.replica(url).client
+        try:
+            return call(client)
+        except InferenceServerException as exc:
+            if not self.unavailable(exc):
+                raise
+        time.sleep(RECONNECT_RETRY_S)
+        return call(client)
 
     def outstanding(self) -> dict[str, int]:
         """Calls in flight per replica URL."""

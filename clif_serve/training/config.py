@@ -83,8 +83,8 @@ class TrainConfig:
     checkpoint_every: int = 50
     max_grad_norm: float = 1.0
     weight_decay: float = 1e-2
-    # Regularisers of the diffusion stages (ti, lora), both off by default (docs/training.md#the-give-back):
-    contrastive_weight: float = 0.0  # keep the stage-1 loss, times this weight, in the ti and lora stages
+    # Regularisers of the diffusion stages (ti, lora) (docs/training.md#the-give-back):
+    contrastive_weight: float = 1.0  # in a run with a clif stage: keep its loss, times this, in ti and lora
     anchor_weight: float = 0.0  # trust region: relative squared distance of the rows from where ti started
     stage_packs: bool = False  # also write every stage's packs to OUT/stages/<stage>/
 
@@ -117,11 +117,14 @@ class TrainConfig:
         for name in ("contrastive_weight", "anchor_weight"):
             if getattr(self, name) < 0:
                 raise InputError(name, f"must be >= 0, got {getattr(self, name)}")
-        if self.contrastive_weight > 0 and not {"ti", "lora"} & set(self.stages):
-            raise InputError("contrastive_weight", "keeps the stage-1 loss in the ti/lora stages; run one of them")
         if self.checkpoint_every < 1:
             raise InputError("checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
         self.segmentation.validate()
+
+    @property
+    def keeps_stage_one_loss(self) -> bool:
+        """Whether the ti and lora stages add the stage-1 loss: a clif stage runs and the weight is > 0."""
+        return self.contrastive_weight > 0 and "clif" in self.stages
 
     def resume_key(self, fingerprint: str) -> str:
         """Hash of every setting a checkpoint depends on (steps may grow between runs; the rest may not)."""

@@ -87,10 +87,17 @@ def diffusion_loss_fn(
     return loss_fn
 
 
-def add_lora(base: BaseModel, rank: int, alpha: float) -> dict[str, torch.nn.Parameter]:
-    """Add the set's peft LoRA adapter to every attention projection; return its parameters by name."""
+def add_lora(base: BaseModel, rank: int, alpha: float, seed: int) -> dict[str, torch.nn.Parameter]:
+    """Add the set's peft LoRA adapter to every attention projection; return its parameters by name.
+
+    peft draws the down projections from torch's global generator; they are drawn from `seed` here,
+    so the adapter does not depend on what the process ran before.
+    """
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=sorted(base.spec.lora_targets))
-    base.unet.add_adapter(config, adapter_name=ADAPTER)
+    device = base.unet.device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        base.unet.add_adapter(config, adapter_name=ADAPTER)
     base.unet.set_adapter(ADAPTER)
     return {f"lora.{name}": p for name, p in base.unet.named_parameters() if ADAPTER in name}
 

@@ -73,7 +73,7 @@ def prepare(config: TrainConfig) -> Prepared:
     packs = [new_pack(base, c.name, c.class_word, config.num_tokens) for c in config.concepts]
     segmentation = config.segmentation
     concepts = [load_concept(c.name, c.folder, config.min_image_size, segmentation) for c in config.concepts]
-    contrastive = "clif" in config.stages or config.contrastive_weight > 0
+    contrastive = "clif" in config.stages  # stage 1, and the kept stage-1 loss, need the image towers
     towers: list[ImageTower] = []
     if contrastive:
         paths = config.image_encoders or (None,)
@@ -213,7 +213,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> TrainResult:
     for stage_name in config.stages:
         index = STAGES.index(stage_name)
         if stage_name == "lora":
-            lora_params = add_lora(base, config.lora_rank, config.lora_alpha)
+            lora_params = add_lora(base, config.lora_rank, config.lora_alpha, config.seed)
             for parameter in lora_params.values():
                 parameter.data = parameter.data.float()
             trainables.update(lora_params)
@@ -225,9 +225,10 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> TrainResult:
         if stage_name == "clif":
             loss_fn = stage_one_loss(config, prep, text_side)
         else:
+            kept = stage_one_loss(config, prep, text_side) if config.keeps_stage_one_loss else None
             loss_fn = regularised(
                 diffusion_stage_loss(config, prep, text_side, stage_name),
-                (config.contrastive_weight, stage_one_loss(config, prep, text_side)) if config.contrastive_weight > 0 else None,
+                (config.contrastive_weight, kept) if kept is not None else None,
                 (config.anchor_weight, tables, list(anchors.values())) if anchors else None,
             )
         stage = Stage(stage_name, index, config.steps[stage_name], config.lr[stage_name], dict(trainables), loss_fn)
@@ -242,7 +243,8 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> TrainResult:
         "model": config.model, "stages": list(config.stages), "objective": config.objective,
         "steps": {s: config.steps[s] for s in config.stages}, "seconds": result.seconds,
         "packs": [p.name for p in result.packs], "lora_set": lora.set_id if lora is not None else None,
-        "contrastive_weight": config.contrastive_weight, "anchor_weight": config.anchor_weight,
+        "contrastive_weight": config.contrastive_weight if config.keeps_stage_one_loss else 0.0,
+        "anchor_weight": config.anchor_weight,
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return result

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from clif_serve.runtime.request import GenerationRequest
-from clif_serve.serving.client import ClifClient, replica_unavailable
+from clif_serve.serving.client import ClifClient, ServerError, replica_unavailable
 from clif_serve.serving.launcher import Ports, TritonServer, find_tritonserver, free_port
 from clif_serve.serving.options import RepoOptions
 from clif_serve.serving.replicas import ReplicaPool, parse_urls
@@ -242,6 +242,28 @@ def test_calls_go_to_the_replica_with_fewest_in_flight():
     order = [pool.call(lambda client: next(u for u, r in pool.replicas.items() if r.client is client)) for _ in range(6)]
     assert sorted(order[:3]) == sorted(urls) and order[3:] == order[:3]
     pool.close()
+
+
+def test_a_call_to_one_replica_outlasts_its_channels_stale_refusal():
+    """A replica just back (here a bare gRPC server on the port that refused a moment ago): its channel
+    is still in reconnection back-off, yet a call addressed to it reaches it (the server answers
+    UNIMPLEMENTED, not the stale "Connection refused"); a replica that stays down still fails."""
+    import grpc
+
+    url = f"127.0.0.1:{free_port()}"
+    client = ClifClient(url, timeout_s=10)
+    with pytest.raises(ServerError, match="UNAVAILABLE"):
+        client.statistics("clif_pipeline", url)  # refused: the channel now waits before its next attempt
+    server = grpc.server(ThreadPoolExecutor(1))
+    server.add_insecure_port(url)
+    server.start()
+    try:
+        with pytest.raises(ServerError, match="UNIMPLEMENTED"):
+            client.statistics("clif_pipeline", url)
+        assert not client.is_ready(url)  # reached, and it is no Triton server
+    finally:
+        server.stop(None)
+        client.close()
 
 
 def test_a_down_replica_is_skipped_and_the_last_error_is_raised(fleet):

@@ -10,7 +10,7 @@ import torch
 from clif_serve.concepts.pack import read_pack
 from clif_serve.errors import InputError
 from clif_serve.training.regularisers import anchor_penalty
-from clif_serve.training.trainer import LOG_FILE, train
+from clif_serve.training.trainer import LOG_FILE, SUMMARY_FILE, prepare, train
 from tests.training.test_train import make_config
 
 
@@ -34,14 +34,15 @@ def _drift(result) -> float:
 
 def test_stage_packs_and_the_trust_region(concept_dirs, tmp_path):
     steps = {"clif": 3, "ti": 6, "lora": 2}
-    free = train(make_config(concept_dirs, tmp_path / "free", steps=steps, stage_packs=True, lr={"clif": 1e-3, "ti": 5e-2, "lora": 1e-4}))
+    lr = {"clif": 1e-3, "ti": 5e-2, "lora": 1e-4}
+    free = train(make_config(concept_dirs, tmp_path / "free", steps=steps, stage_packs=True, lr=lr, contrastive_weight=0.0))
     assert set(free.stage_packs) == {"clif", "ti", "lora"}
     assert [p.parent.name for p in free.stage_packs["ti"]] == ["ti", "ti"]
     assert read_pack(free.stage_packs["ti"][0]).lora is None and read_pack(free.stage_packs["lora"][0]).lora is not None
     for snapshot, final in zip(free.stage_packs["lora"], free.packs, strict=True):
         assert torch.equal(read_pack(snapshot).embeddings["text_encoder"], read_pack(final).embeddings["text_encoder"])
-    anchored = train(make_config(concept_dirs, tmp_path / "anchored", steps=steps, stage_packs=True, anchor_weight=100.0,
-                                 lr={"clif": 1e-3, "ti": 5e-2, "lora": 1e-4}))
+    anchored = train(make_config(concept_dirs, tmp_path / "anchored", steps=steps, stage_packs=True, lr=lr,
+                                 contrastive_weight=0.0, anchor_weight=100.0))
     assert torch.equal(  # stage 1 is the same run in both
         read_pack(free.stage_packs["clif"][0]).embeddings["text_encoder"],
         read_pack(anchored.stage_packs["clif"][0]).embeddings["text_encoder"],
@@ -51,13 +52,36 @@ def test_stage_packs_and_the_trust_region(concept_dirs, tmp_path):
     assert all(r["loss"] == pytest.approx(r["diffusion"] + 100.0 * r["anchor"], rel=1e-5) for r in records)
 
 
-def test_kept_contrastive_term_is_in_the_diffusion_stages(concept_dirs, tmp_path):
-    config = make_config(concept_dirs, tmp_path, stages=("clif", "ti"), steps={"clif": 2, "ti": 3}, contrastive_weight=0.5)
-    train(config)
-    records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
-    ti = [r for r in records if r["stage"] == "ti"]
-    assert len(ti) == 3
-    assert all(r["loss"] == pytest.approx(r["diffusion"] + 0.5 * r["kept_contrastive"], rel=1e-5) for r in ti)
+def _diffusion_records(out) -> list[dict]:
+    records = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+    return [record for record in records if record["stage"] in ("ti", "lora")]
+
+
+@pytest.mark.parametrize("weight", [None, 0.5])
+def test_kept_contrastive_term_is_in_the_diffusion_stages(concept_dirs, tmp_path, weight):
+    """By default (weight 1) and with a weight given, a run with a clif stage keeps its loss in ti and lora."""
+    settings = {} if weight is None else {"contrastive_weight": weight}
+    train(make_config(concept_dirs, tmp_path, steps={"clif": 2, "ti": 3, "lora": 1}, **settings))
+    diffusion = _diffusion_records(tmp_path)
+    assert [r["stage"] for r in diffusion] == ["ti"] * 3 + ["lora"]
+    kept = 1.0 if weight is None else weight
+    assert all(r["loss"] == pytest.approx(r["diffusion"] + kept * r["kept_contrastive"], rel=1e-5) for r in diffusion)
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text())["contrastive_weight"] == kept
+
+
+def test_a_run_without_a_clif_stage_or_with_weight_zero_trains_on_the_diffusion_loss(concept_dirs, tmp_path):
+    """No stage-1 loss to keep (ti, lora only), or the CLIF reference (weight 0): no kept term, and a
+    run without a clif stage loads no image tower."""
+    ti_only = make_config(concept_dirs, tmp_path / "ti", stages=("ti",), steps={"ti": 2})
+    assert ti_only.contrastive_weight == 1.0 and not ti_only.keeps_stage_one_loss
+    assert prepare(ti_only).towers == []
+    reference = make_config(concept_dirs, tmp_path / "reference", steps={"clif": 1, "ti": 2}, stages=("clif", "ti"),
+                            contrastive_weight=0.0)
+    for config in (ti_only, reference):
+        train(config)
+        records = _diffusion_records(config.out)
+        assert len(records) == 2 and all("kept_contrastive" not in r and r["loss"] == r["diffusion"] for r in records)
+        assert json.loads((config.out / SUMMARY_FILE).read_text())["contrastive_weight"] == 0.0
 
 
 def test_resume_restores_the_anchor(concept_dirs, tmp_path):
@@ -73,4 +97,5 @@ def test_bad_regulariser_settings_are_refused(concept_dirs, tmp_path):
     with pytest.raises(InputError, match="anchor_weight"):
         make_config(concept_dirs, tmp_path, anchor_weight=-1.0).validate()
     with pytest.raises(InputError, match="contrastive_weight"):
-        make_config(concept_dirs, tmp_path, stages=("clif",), contrastive_weight=1.0).validate()
+        make_config(concept_dirs, tmp_path, contrastive_weight=-0.5).validate()
+    make_config(concept_dirs, tmp_path, stages=("clif",)).validate()  # the default weight: nothing to keep it in

@@ -83,6 +83,18 @@ def test_pack_set_shares_one_lora_and_serves(concept_dirs, tmp_path, tiny_base):
     assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
 
 
+def test_the_lora_stage_does_not_depend_on_what_the_process_drew_before(concept_dirs, tmp_path):
+    """Two identical runs with the global generator in different states between them: equal adapters."""
+    tensors = []
+    for index, global_seed in enumerate((1, 2)):
+        torch.manual_seed(global_seed)
+        torch.rand(7)
+        result = train(make_config(concept_dirs, tmp_path / str(index), stages=("lora",), steps={"lora": 1}))
+        tensors.append(read_pack(result.packs[0]).lora.tensors)
+    assert tensors[0].keys() == tensors[1].keys()
+    assert all(torch.equal(tensors[0][key], tensors[1][key]) for key in tensors[0])
+
+
 def test_sdxl_trains_both_text_encoders(concept_dirs, tmp_path):
     config = make_config(concept_dirs, tmp_path, model="tiny-xl", stages=("clif", "ti"), steps={"clif": 4, "ti": 2})
     prep = prepare(config)
