@@ -144,6 +144,7 @@ ROW_SETS["core"] = ROW_SETS["main"][:6] + ROW_SETS["main"][-2:]
 ROW_SETS["quick"] = [ROW_SETS["main"][i] for i in (0, 1, 2, 3, 5, -1)]
 DEFAULT_ROW = "CLIF + TI + joint LoRA (default pipeline)"
 BASELINE_ROW = "TI + joint LoRA"
+SCORES = ("confusion", "leakage", "missing", "clean", "likeness")  # likeness: not in reports before stop 25
 REFERENCE_ROW = "CLIF + TI + joint LoRA, diffusion loss only (CLIF reference)"  # what the remedies are paired with
 
 
@@ -261,7 +262,7 @@ def summarise(per_seed: dict[int, dict], rows: list[Row]) -> dict:
     summary = {}
     for row in rows:
         values = [per_seed[seed]["rows"][row.name] for seed in per_seed]
-        entry = {key: mean_ci([v[key] for v in values]) for key in ("confusion", "leakage", "missing", "clean")}
+        entry = {key: mean_ci([v[key] for v in values]) for key in SCORES if key in values[0]}
         entry["objects_per_image"] = float(np.mean([v["objects_per_image"] for v in values]))
         for key in values[0]["embeddings"]:
             entry[f"embedding_{key}"] = float(np.mean([v["embeddings"][key] for v in values]))
@@ -301,17 +302,18 @@ def markdown(report: dict) -> str:
         "Prompts \"a photo of <ann> and <bob>\" and \"a photo of <bob> and <ann>\" (half the images each, the same",
         "noise seeds for every row). Confusion = leakage (share of matched objects showing the other concept's",
         "distinctive attribute) + missing (share of images without one of the concepts); lower is better.",
-        "Clean = both concepts present, neither leaked. Retrieval = region->concept confusion of held-out part",
+        "Clean = both concepts present, neither leaked. Likeness = share of the concepts' five attributes their",
+        "matched objects show (confusion reads only the two distinctive ones). Retrieval = region->concept confusion of held-out part",
         "regions in the world CLIP's space (calibrated; 0.5 is chance). Mean over seeds [95 % bootstrap interval].",
         "",
         "Vs reference: confusion over that of the CLIF reference (ti and lora on the diffusion loss only), paired",
         "over seeds [95 % paired bootstrap interval].",
         "",
-        "| row | confusion | leakage | missing | clean | objects/image | retrieval (calibrated) | vs reference | train s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| row | confusion | leakage | missing | clean | likeness | objects/image | retrieval (calibrated) | vs reference | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, entry in report["summary"].items():
-        cells = [_cell(entry[k]) for k in ("confusion", "leakage", "missing", "clean")]
+        cells = [_cell(entry[k]) if k in entry else "-" for k in SCORES]
         seconds = f"{entry['train_seconds_mean']:.0f}" if "train_seconds_mean" in entry else "-"
         paired = entry.get("vs_reference")
         versus = f"{paired['ratio']:.2f} [{paired['low']:.2f}, {paired['high']:.2f}]" if paired else "-"

@@ -16,6 +16,11 @@ missing concept / images, and `confusion = leakage + missing` (the issue's defin
 leakage plus the share of images that miss a concept; 0 is perfect, 2 the worst). `clean` is the
 share of images in which both concepts are present and neither object leaked. This is our
 reconstruction of a Detect-and-Compare style score (MuDI) for a world with known attributes.
+
+Confusion reads the distinctive attributes only, so it cannot tell whether the objects look like
+the concepts at all (a pack that draws its class word's usual toy with the right head colour
+scores well). `likeness` says that: the share of all the concepts' attributes (body shape and
+colour, texture, head shape and colour) that their matched objects show; 1 is a perfect likeness.
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ def agreement(obj: JudgedObject, toy: Toy, attributes: Sequence[str]) -> int:
 
 @dataclass(frozen=True)
 class ImageVerdict:
-    """One image: objects found, objects matched to the concepts, leaked objects, missing concepts."""
+    """One image: objects found, objects matched to the concepts, leaked objects, missing concepts, and
+    how many of their concepts' attributes the matched objects show (`alike`)."""
 
     objects: int
     matched: int
     leaked: int
     missing: int
+    alike: int
 
 
 def judge_image(objects: Sequence[JudgedObject], concepts: tuple[Toy, Toy]) -> ImageVerdict:
@@ -66,7 +73,7 @@ def judge_image(objects: Sequence[JudgedObject], concepts: tuple[Toy, Toy]) -> I
             best = (rank, choice)
     assert best is not None
     choice = best[1]
-    leaked = missing = 0
+    leaked = missing = alike = 0
     for index, (own, other) in zip(choice, (concepts, concepts[::-1]), strict=True):
         if index is None:
             missing += 1
@@ -74,7 +81,8 @@ def judge_image(objects: Sequence[JudgedObject], concepts: tuple[Toy, Toy]) -> I
         obj = candidates[index]
         missing += agreement(obj, own, attributes) == 0
         leaked += agreement(obj, other, attributes) > 0
-    return ImageVerdict(len(objects), sum(i is not None for i in choice), leaked, missing)
+        alike += agreement(obj, own, ATTRIBUTES)
+    return ImageVerdict(len(objects), sum(i is not None for i in choice), leaked, missing, alike)
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class ConfusionScore:
     missing: float
     confusion: float
     clean: float
+    likeness: float
     objects_per_image: float
 
     def to_dict(self) -> dict:
@@ -100,5 +109,6 @@ def score_images(verdicts: Sequence[ImageVerdict]) -> ConfusionScore:
     leakage = sum(v.leaked for v in verdicts) / matched if matched else 0.0
     missing = sum(v.missing > 0 for v in verdicts) / len(verdicts)
     clean = sum(v.missing == 0 and v.leaked == 0 for v in verdicts) / len(verdicts)
+    likeness = sum(v.alike for v in verdicts) / (matched * len(ATTRIBUTES)) if matched else 0.0
     objects = sum(v.objects for v in verdicts) / len(verdicts)
-    return ConfusionScore(len(verdicts), leakage, missing, leakage + missing, clean, objects)
+    return ConfusionScore(len(verdicts), leakage, missing, leakage + missing, clean, likeness, objects)

@@ -36,9 +36,9 @@ def test_quick_run_writes_every_result(confusion, quick_run, world_only_run):
     rows = [row.name for row in confusion.ROW_SETS["quick"]]
     assert list(saved["summary"]) == rows
     for entry in saved["summary"].values():
-        for key in ("confusion", "leakage", "missing", "clean", "retrieval_calibrated"):
+        for key in ("confusion", "leakage", "missing", "clean", "likeness", "retrieval_calibrated"):
             assert entry[key]["low"] <= entry[key]["mean"] <= entry[key]["high"]
-        assert 0 <= entry["confusion"]["mean"] <= 2
+        assert 0 <= entry["confusion"]["mean"] <= 2 and 0 <= entry["likeness"]["mean"] <= 1
     for seed in ("0", "1"):
         for row in saved["per_seed"][seed]["rows"].values():
             assert row["images"] == 4 and row["retrieval"]["regions"] > 0
