@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--contrastive-weight", type=float, default=defaults.contrastive_weight,
         help="with a clif stage: keep its loss, times this, in the ti and lora stages "
-        f"(0: the CLIF reference, diffusion loss only; default: {defaults.contrastive_weight:g})",
+        f"(0: the CLIF reference, diffusion loss only; default: {defaults.contrastive_weight:g}; docs/training.md)",
     )
     parser.add_argument(
         "--anchor-weight", type=float, default=defaults.anchor_weight,

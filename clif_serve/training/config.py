@@ -84,7 +84,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     weight_decay: float = 1e-2
     # Regularisers of the diffusion stages (ti, lora) (docs/training.md#the-give-back):
-    contrastive_weight: float = 1.0  # in a run with a clif stage: keep its loss, times this, in ti and lora
+    contrastive_weight: float = 0.0  # in a run with a clif stage: keep its loss, times this, in ti and lora
     anchor_weight: float = 0.0  # trust region: relative squared distance of the rows from where ti started
     stage_packs: bool = False  # also write every stage's packs to OUT/stages/<stage>/
 
