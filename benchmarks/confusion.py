@@ -263,6 +263,8 @@ def embedding_shift(packs, run_packs: dict | None, base) -> dict:
 def summarise(per_seed: dict[int, dict], rows: list[Row]) -> dict:
     """Per row: mean and 95 % bootstrap interval over seeds of every score."""
     summary = {}
+    has_default = DEFAULT_ROW in {row.name for row in rows}
+    default = [per_seed[seed]["rows"][DEFAULT_ROW] for seed in per_seed] if has_default else []
     for row in rows:
         values = [per_seed[seed]["rows"][row.name] for seed in per_seed]
         entry = {key: mean_ci([v[key] for v in values]) for key in SCORES if key in values[0]}
@@ -271,8 +273,7 @@ def summarise(per_seed: dict[int, dict], rows: list[Row]) -> dict:
             entry[f"embedding_{key}"] = float(np.mean([v["embeddings"][key] for v in values]))
         for key in ("calibrated", "raw"):
             entry[f"retrieval_{key}"] = mean_ci([v["retrieval"][key] for v in values])
-        if row.name != DEFAULT_ROW and DEFAULT_ROW in {r.name for r in rows}:
-            default = [per_seed[seed]["rows"][DEFAULT_ROW] for seed in per_seed]
+        if has_default and row.name != DEFAULT_ROW:
             entry["vs_default"] = {
                 key: ratio_ci([v[key] for v in values], [d[key] for d in default]) for key in PAIRED if key in values[0]
             }
