@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import replace
 
@@ -139,6 +140,17 @@ def test_file_over_size_limit_is_refused_before_reading(tmp_path, tiny_base):
     assert error.value.field == "file"
     with pytest.raises(PackError, match="over the"):
         pack_from_bytes(path.read_bytes(), max_bytes=100)
+
+
+def test_what_is_no_regular_file_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "fifo.safetensors")  # opening a FIFO for reading would wait for a writer
+    (tmp_path / "folder.safetensors").mkdir()
+    for name in ("fifo", "folder"):
+        with pytest.raises(PackError, match="not a regular file") as error:
+            read_pack(tmp_path / f"{name}.safetensors")
+        assert error.value.field == "file"
+    with pytest.raises(PackError, match="no such file"):
+        read_pack(tmp_path / "absent.safetensors")
 
 
 def test_safetensors_without_manifest_is_not_a_pack(tmp_path):

@@ -17,15 +17,19 @@ Every refusal is a `PackError` naming the manifest field or tensor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import stat
 import struct
 import tempfile
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors.torch import load as load_safetensors_bytes
@@ -258,12 +262,29 @@ def write_atomically(target: Path, data: bytes) -> None:
 def read_pack(path: str | Path, max_bytes: int = DEFAULT_MAX_PACK_BYTES) -> ConceptPack:
     """Read and self-validate a pack file; the size limit is checked before anything is read."""
     file = Path(path)
-    if not file.is_file():
-        raise PackError("file", f"{file}: no such file")
-    size = file.stat().st_size
-    if size > max_bytes:
-        raise PackError("file", f"{file.name} is {size} bytes, over the {max_bytes}-byte limit")
-    return pack_from_bytes(file.read_bytes(), max_bytes=max_bytes, source=file.name)
+    with open_pack_file(file) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > max_bytes:
+            raise PackError("file", f"{file.name} is {size} bytes, over the {max_bytes}-byte limit")
+        data = handle.read(max_bytes + 1)
+    return pack_from_bytes(data, max_bytes=max_bytes, source=file.name)
+
+
+@contextlib.contextmanager
+def open_pack_file(file: Path) -> Iterator[BinaryIO]:
+    """The file at `file` opened once for reading (every later check reads that very file, even if a writer
+    replaces or deletes the path meanwhile); PackError naming `file` for a missing path or no regular file."""
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO planted there does not hang us
+    except FileNotFoundError:
+        raise PackError("file", f"{file}: no such file") from None
+    except OSError as exc:
+        raise PackError("file", f"{file}: cannot be opened ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PackError("file", f"{file}: not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        yield handle
 
 
 class _DuplicateKey(ValueError):
@@ -302,9 +323,9 @@ def read_safetensors_header(data: bytes, source: str) -> tuple[dict[str, dict], 
 def read_manifest(path: str | Path) -> dict[str, str]:
     """The manifest of a pack file, reading its header only (PackError when it is no safetensors file)."""
     file = Path(path)
-    with file.open("rb") as handle:
+    with open_pack_file(file) as handle:
         prefix = handle.read(8)
-        header_len = _header_length(prefix, file.stat().st_size, file.name)
+        header_len = _header_length(prefix, os.fstat(handle.fileno()).st_size, file.name)
         _, metadata = _parse_header(handle.read(header_len), file.name)
     return metadata
 

@@ -4,7 +4,9 @@
 read and one stat, per request) and, only when it moved, re-reads the pack files whose stat changed. So the very next request on any instance sees an
 accepted pack, and a restart loads exactly the stored packs. A pack file that cannot be used
 (unreadable, a name that does not match its file, refused by `accept`) is skipped and remembered
-with the reason (`skipped`), so listing the store can show it and removal can delete it. Packs are
+with the reason (`skipped`), so listing the store can show it and removal can delete it; a file that a
+writer removes between the listing and the read is simply gone (the writer's version bump makes the
+next refresh list the store again). Packs are
 read with the same size limit the hot-load accepts (`max_pack_bytes`), so an accepted pack loads.
 """
 
@@ -83,14 +85,18 @@ class StoreSync:
     def _load(self, name: str, stat: tuple[int, int, int]) -> None:
         self._stats[name] = stat  # remembered even for a refused file, so an unchanged one is not re-read
         self.skipped.pop(name, None)
+        path = self.store.path_of(name)
         try:
-            pack = read_pack(self.store.path_of(name), max_bytes=self.max_pack_bytes)
+            pack = read_pack(path, max_bytes=self.max_pack_bytes)
             if pack.name != name:
                 raise PackError("name", f"file {name}{PACK_SUFFIX} holds concept {pack.name!r}")
             if self.accept is not None:
                 self.accept(pack)
             self.registry.add(pack, replace=True)
         except PackError as exc:
+            if not path.exists():  # removed by a writer since it was listed: gone, not broken
+                self._forget(name)
+                return
             log.warning("concept store %s: skipping %s%s: %s", self.folder, name, PACK_SUFFIX, exc)
             self.skipped[name] = str(exc)
             if name in self.registry:

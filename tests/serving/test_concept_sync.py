@@ -109,6 +109,30 @@ def test_bad_files_in_the_store_are_skipped_not_fatal(tiny_base, packs, tmp_path
     assert sync.registry.names() == ["joe"]
 
 
+class _RemovedAfterListing(ConceptStore):
+    """A store whose `entries()` lets another writer remove `name` right after listing it (the CI race)."""
+
+    def __init__(self, folder, name):
+        super().__init__(folder)
+        self.name = name
+
+    def entries(self):
+        listed = super().entries()
+        if self.name in listed:
+            ConceptStore(self.folder).delete(self.name)
+        return listed
+
+
+def test_a_pack_removed_between_listing_and_reading_is_gone_not_an_error(tiny_base, packs, tmp_path):
+    """A request's refresh must not fail because another client removed a concept meanwhile."""
+    ConceptStore(tmp_path).save(packs["joe"])
+    ConceptStore(tmp_path).save(packs["rex"])
+    sync = StoreSync(_RemovedAfterListing(tmp_path, "rex"), tiny_base.spec)
+    assert sync.refresh()
+    assert sync.registry.names() == ["joe"] and sync.skipped == {}
+    assert sync.refresh() and sync.registry.names() == ["joe"]  # the removal's version bump: listed again
+
+
 def test_store_location(tiny_base, tmp_path, monkeypatch):
     monkeypatch.delenv("CLIF_SERVE_CONCEPT_STORE", raising=False)
     assert resolve_store("concepts", tmp_path, tiny_base.spec) == (tmp_path / "concepts").resolve()
