@@ -4,7 +4,8 @@
 read and one stat, per request) and, only when it moved, re-reads the pack files whose stat changed. So the very next request on any instance sees an
 accepted pack, and a restart loads exactly the stored packs. A pack file that cannot be used
 (unreadable, a name that does not match its file, refused by `accept`) is skipped and remembered
-with the reason (`skipped`), so listing the store can show it and removal can delete it; a file that a
+with the reason (`skipped`), so listing the store can show it and removal can delete it, and retried
+whenever the store changes (what refused it may be gone); a file that a
 writer removes between the listing and the read is simply gone (the writer's version bump makes the
 next refresh list the store again). Packs are
 read with the same size limit the hot-load accepts (`max_pack_bytes`), so an accepted pack loads.
@@ -63,7 +64,9 @@ class StoreSync:
         for name in set(self._stats) - set(current):
             self._forget(name)
         for name, stat in sorted(current.items()):
-            if self._stats.get(name) != stat:
+            # A skipped pack is retried on every change: what refused it (a trigger another pack held)
+            # may be gone although its own file is unchanged.
+            if self._stats.get(name) != stat or name in self.skipped:
                 self._load(name, stat)
         self._stamp = stamp
         return True
@@ -83,8 +86,8 @@ class StoreSync:
             self.registry.remove(name)
 
     def _load(self, name: str, stat: tuple[int, int, int]) -> None:
-        self._stats[name] = stat  # remembered even for a refused file, so an unchanged one is not re-read
-        self.skipped.pop(name, None)
+        self._stats[name] = stat
+        refused_before = self.skipped.pop(name, None)
         path = self.store.path_of(name)
         try:
             pack = read_pack(path, max_bytes=self.max_pack_bytes)
@@ -97,7 +100,8 @@ class StoreSync:
             if not path.exists():  # removed by a writer since it was listed: gone, not broken
                 self._forget(name)
                 return
-            log.warning("concept store %s: skipping %s%s: %s", self.folder, name, PACK_SUFFIX, exc)
+            if str(exc) != refused_before:
+                log.warning("concept store %s: skipping %s%s: %s", self.folder, name, PACK_SUFFIX, exc)
             self.skipped[name] = str(exc)
             if name in self.registry:
                 self.registry.remove(name)

@@ -133,6 +133,18 @@ def test_a_pack_removed_between_listing_and_reading_is_gone_not_an_error(tiny_ba
     assert sync.refresh() and sync.registry.names() == ["joe"]  # the removal's version bump: listed again
 
 
+def test_a_pack_refused_for_another_packs_trigger_loads_once_that_pack_is_gone(tiny_base, packs, tmp_path):
+    """A file dropped in by hand with a trigger the store already serves is skipped, not lost for good."""
+    store = ConceptStore(tmp_path)
+    store.save(packs["joe"])
+    sync = StoreSync(store, tiny_base.spec)
+    sync.refresh()
+    write_pack(replace(packs["rex"], trigger=packs["joe"].trigger), tmp_path / "rex.safetensors")
+    assert sync.refresh() and "trigger" in sync.skipped["rex"] and sync.registry.names() == ["joe"]
+    store.delete("joe")
+    assert sync.refresh() and sync.registry.names() == ["rex"] and sync.skipped == {}
+
+
 def test_store_location(tiny_base, tmp_path, monkeypatch):
     monkeypatch.delenv("CLIF_SERVE_CONCEPT_STORE", raising=False)
     assert resolve_store("concepts", tmp_path, tiny_base.spec) == (tmp_path / "concepts").resolve()
