@@ -100,12 +100,16 @@ class Row:
 # "clif" is the default pipeline; the other runs name the weight of the kept stage-1 loss
 # (contrastive_weight) explicitly, so their rows keep their meaning whatever the default is.
 KEPT = {"contrastive_weight": 1.0}
+# The ablation's sweep of that weight between the default (0) and 1: the stage-1 loss is ~3 where the
+# diffusion loss is ~0.03, so the sweep reaches down to where the two are of one size.
+SWEPT_WEIGHTS = (0.01, 0.03, 0.1)
 RUNS = {
     "ti": Run(("ti", "lora")),
     "clif": Run(("clif", "ti", "lora")),
     "clif, kept": Run(("clif", "ti", "lora"), changes=KEPT),
     "customcontrast, kept": Run(("clif", "ti", "lora"), "customcontrast", changes=KEPT),
     "clif+customcontrast, kept": Run(("clif", "ti", "lora"), "clif+customcontrast", changes=KEPT),
+    **{f"clif, kept w={w}": Run(("clif", "ti", "lora"), changes={"contrastive_weight": w}) for w in SWEPT_WEIGHTS},
     "clif, trust region": Run(("clif", "ti", "lora"), changes={"contrastive_weight": 0.0, "anchor_weight": 1.0}),
     "clif, lower rates": Run(
         ("clif", "ti", "lora"), changes={"contrastive_weight": 0.0, "lr": {"clif": 1e-3, "ti": 2e-4, "lora": 2e-4}}
@@ -134,9 +138,11 @@ ROW_SETS = {
         TI_REGIONS,
         Row("CLIF + TI + joint LoRA, stage-1 loss kept (w=1), regions", "clif, kept", "lora", "regions"),
     ],
-    # The give-back and its remedies, each against the default (the CLIF reference).
+    # The give-back and its remedies, each against the default (the CLIF reference), and the weight
+    # of the kept stage-1 loss swept (SWEPT_WEIGHTS).
     "ablation": [
         CLIF_ONE, CLIF_TI, DEFAULT, KEPT_TI, KEPT_LORA,
+        *(Row(f"CLIF + TI + joint LoRA, stage-1 loss kept (w={w})", f"clif, kept w={w}", "lora") for w in SWEPT_WEIGHTS),
         Row("CLIF + TI, trust region (λ=1)", "clif, trust region", "ti"),
         Row("CLIF + TI + joint LoRA, trust region (λ=1)", "clif, trust region", "lora"),
         Row("CLIF + TI, lower rates (ti, lora 2e-4)", "clif, lower rates", "ti"),
