@@ -8,6 +8,7 @@ with different concepts sharing text-encoder and UNet batches.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import subprocess
@@ -585,3 +586,38 @@ def test_a_literal_word_in_angle_brackets_is_written_with_a_backslash(served, ti
     with pytest.raises(InputError, match=r"write \\<nobody> for the text"):
         served.client.generate(replace(request, prompt="a sign that reads <nobody>"))
     assert _max_diff(served.client.generate(request), _ort_images(tiny_export, [], request)) == 0
+
+
+def test_eval_scores_a_servers_concepts(served, tiny_base, tiny_clip_dir, tiny_dino_dir, pair_photos, tmp_path):
+    """`clif-serve eval --url`: the server generates (its pipeline runs the requests), the user's local
+    CLIP and DINOv2 score, and the packs in hand give the region confusion."""
+    from clif_serve.cli import main
+    from clif_serve.concepts.pack import write_pack
+
+    names = ("ann", "bob")
+    packs = [random_pack(tiny_base, name, "dog", seed=20 + index) for index, name in enumerate(names)]
+    files = [write_pack(pack, tmp_path / f"{pack.name}.safetensors") for pack in packs]
+    _ensure(served.client, *packs)
+    executions = int(served.client.statistics(PIPELINE_MODEL).get("execution_count", 0))
+    out = tmp_path / "report"
+    try:
+        code = main([
+            "eval", "--url", served.server.grpc_url, "--concept", str(files[0]), "--concept", str(files[1]),
+            *(arg for name in names for arg in ("--concept-images", f"{name}={pair_photos[name]}")),
+            "--clip", str(tiny_clip_dir), "--dino", str(tiny_dino_dir), "--prompt", "a photo of <ann> and <bob>",
+            "--prompt", "a photo of <bob>", "--seeds", "2", "--num-images", "2", "--steps", "2",
+            "--segmentation", "masks", "--out", str(out),
+        ])
+        after = int(served.client.statistics(PIPELINE_MODEL).get("execution_count", 0))
+    finally:
+        for name in names:
+            served.client.remove_concept(name)
+    assert code == 0
+    assert after - executions == 4  # 2 prompts x 2 seeds, one request each, all on the server
+    report = json.loads((out / "eval.json").read_text())
+    assert report["settings"]["url"] == served.server.grpc_url
+    rows = {row["prompt"]: row for row in report["prompts"]}
+    assert set(rows) == {"a photo of <ann> and <bob>", "a photo of <bob>"}
+    assert all(row["images"] == 4 and -1 <= row["clip_t"] <= 1 for row in rows.values())
+    assert set(rows["a photo of <ann> and <bob>"]["dino"]) == {"ann", "bob"} and set(rows["a photo of <bob>"]["clip_i"]) == {"bob"}
+    assert report["region_confusion"]["concepts"] == ["ann", "bob"]
