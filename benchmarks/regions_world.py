@@ -19,6 +19,7 @@ The world's judge (trained on the renderer's ground truth, accuracy in confusion
 the objects; "placed" = A (body shape and colour) in the left half *and* B in the right half.
 
     python benchmarks/regions_world.py        # needs the world (built by benchmarks/confusion.py, cached)
+    python benchmarks/regions_world.py --quick --out /tmp/x   # smoke run on the tiny world (tests)
 
 Writes benchmarks/results/regions_world.json and .md.
 """
@@ -38,7 +39,7 @@ from clif_serve.bench.results import write_results
 from clif_serve.concepts.registry import ConceptRegistry
 from clif_serve.evaluation.judge import JudgedObject, find_objects, load_judge
 from clif_serve.evaluation.world import Toy, random_toy
-from clif_serve.evaluation.world_model import WorldRecipe, build_world
+from clif_serve.evaluation.world_model import QUICK_RECIPE, WorldRecipe, build_world
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.executor import Executor
 from clif_serve.runtime.images import to_uint8
@@ -104,11 +105,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--world-root", type=Path, default=None, help="world cache folder (default: cache_dir()/worlds)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
+    parser.add_argument("--out", type=Path, default=None, help=f"results folder (default: {RESULTS})")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny world, 2 pairs, 2 images, 2 steps")
     args = parser.parse_args(argv)
+    if args.quick and args.out is None:
+        parser.error("--quick writes no committed results: give --out")
+    args.out = args.out or RESULTS
+    if args.quick:
+        args.trials, args.images, args.steps = 2, 2, 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    world = build_world(WorldRecipe(), args.world_root)
+    world = build_world(QUICK_RECIPE if args.quick else WorldRecipe(), args.world_root)
     judge = load_judge(world.judge_dir)
     base = load_base_model(world.base_dir)
     executor = TorchExecutor(base)
