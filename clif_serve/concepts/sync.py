@@ -5,10 +5,10 @@ read and one stat, per request) and, only when it moved, re-reads the pack files
 accepted pack, and a restart loads exactly the stored packs. A pack file that cannot be used
 (unreadable, a name that does not match its file, refused by `accept`) is skipped and remembered
 with the reason (`skipped`), so listing the store can show it and removal can delete it, and retried
-whenever the store changes (what refused it may be gone); a file that a
-writer removes between the listing and the read is simply gone (the writer's version bump makes the
-next refresh list the store again). Packs are
-read with the same size limit the hot-load accepts (`max_pack_bytes`), so an accepted pack loads.
+whenever the store changes (what refused it may be gone). A file that a writer removes between the
+listing and the read is simply gone (the writer's version bump makes the next refresh list the store
+again). Packs are read with the same size limit the hot-load accepts (`max_pack_bytes`), so an
+accepted pack loads.
 """
 
 from __future__ import annotations
