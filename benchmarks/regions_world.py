@@ -80,7 +80,7 @@ def steer(attention: ConceptPipeline, judge, args) -> dict:
     """Does one region move one toy? Share of the judge's objects left of centre for "a photo of A" without
     regions, and for the prompt "a photo" with "a photo of A" in the left half (attention)."""
     rng = np.random.default_rng(8)
-    toys = [distinct_pair(rng)[0] for _ in range(args.trials)]
+    toys = [random_toy(rng) for _ in range(args.trials)]
     rows = {}
     for name, regional in (("no region", False), ("A in the left half", True)):
         left, objects, images = 0, 0, 0
