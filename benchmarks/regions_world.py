@@ -38,7 +38,7 @@ from clif_serve.bench.environment import describe_environment
 from clif_serve.bench.results import write_results
 from clif_serve.concepts.registry import ConceptRegistry
 from clif_serve.evaluation.judge import JudgedObject, find_objects, load_judge
-from clif_serve.evaluation.world import Toy, random_toy
+from clif_serve.evaluation.world import SIZE, Toy, random_toy
 from clif_serve.evaluation.world_model import QUICK_RECIPE, WorldRecipe, build_world
 from clif_serve.models.loading import load_base_model
 from clif_serve.runtime.executor import Executor
@@ -53,7 +53,7 @@ from confusion import LEFT_HALF, RIGHT_HALF  # noqa: E402
 from regions import EarlyComposition, NoiseComposition  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-HALF = 32  # the world's images are 64 px wide
+HALF = SIZE // 2
 HYBRID_STEPS = 4
 
 
@@ -123,9 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
     def pipeline(wrapped: Executor) -> ConceptPipeline:
         return ConceptPipeline(wrapped, base.tokenizers, ConceptRegistry(base.spec, []))
 
+    attention = pipeline(executor)
     methods = {
-        "plain": (pipeline(executor), False),
-        "attention": (pipeline(executor), True),
+        "plain": (attention, False),
+        "attention": (attention, True),
         "composition": (pipeline(NoiseComposition(executor)), True),
         f"hybrid (composition first {HYBRID_STEPS} steps)": (pipeline(EarlyComposition(executor, HYBRID_STEPS)), True),
     }
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "both_anywhere": any(shows(objects, first, side) for side in (True, False))
                     and any(shows(objects, second, side) for side in (True, False)),
                 })
-    steering = steer(methods["attention"][0], judge, args)
+    steering = steer(attention, judge, args)
     summary = {
         name: {
             "images": len(rows),
