@@ -4,6 +4,8 @@ UNet or VAE weights (on a folder whose UNet and VAE weight files are unreadable)
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -81,3 +83,24 @@ def test_a_refused_request_is_refused_before_the_unet_is_loaded(text_only_folder
     # A request that passes every check does reach the unreadable UNet.
     assert main(["generate", "a photo of a dog", "--model", str(text_only_folder), "--steps", "1", "-o", png]) == 2
     assert "unet: cannot be loaded" in capsys.readouterr().err
+
+
+_FIRST_REQUEST = """
+import sys
+from clif_serve.runtime.factory import torch_pipeline
+from clif_serve.runtime.request import GenerationRequest
+
+pipeline = torch_pipeline("tiny")
+before = set(sys.modules)
+pipeline.generate(GenerationRequest("a photo", steps=2, seed=0))
+print(sorted(set(sys.modules) - before))
+"""
+
+
+def test_a_fresh_pipelines_first_request_imports_nothing():
+    # Every served pipeline instance is its own process; its first request used to import the schedulers
+    # diffusers lists as compatible (scipy among them, 0.7-2 s). Building the pipeline pays that now.
+    imported = subprocess.run(
+        [sys.executable, "-c", _FIRST_REQUEST], capture_output=True, text=True, check=True, timeout=300
+    ).stdout.strip().splitlines()[-1]
+    assert imported == "[]", f"the first request imported {imported}"

@@ -24,6 +24,7 @@ from clif_serve.runtime.sampling import (
     RegionConditioning,
     StepCallback,
     encode_conditioning,
+    make_scheduler,
     sample,
 )
 
@@ -52,6 +53,10 @@ class ConceptPipeline:
         self.registry = registry if registry is not None else ConceptRegistry(executor.spec)
         self.prompt_encoder = PromptEncoder(tokenizers, executor.spec)
         self.limits = limits
+        # A process's first scheduler imports every scheduler diffusers lists as compatible (scipy among
+        # them; 0.7-2 s on 2 cores): made here once, so no request pays it (each Triton pipeline
+        # instance is its own process, and its first request paid it before).
+        make_scheduler(self.spec)
 
     def split(self, request: GenerationRequest, concepts: Mapping[str, ConceptPack]) -> SplitPrompts:
         """The prompts the text encoders see, split at triggers: the prompt, the negative prompt under

@@ -22,6 +22,7 @@ next to `out` and renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import replace
@@ -61,13 +62,16 @@ def template_dir() -> Path:
     return folder
 
 
-def _place(source: Path, target: Path) -> None:
-    """Hard-link a file (large ONNX weights), or copy it when linking is not possible."""
+def _place(source: Path, target: Path, link: bool = False) -> None:
+    """Copy a file into the repository; `link`: hard-link it instead (large weights), copying when linking
+    is not possible. Small files (model.py, manifests) are always copies, so editing a repository's
+    `model.py` never edits the installed template or the export, nor any other repository."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
+    if link:
+        with contextlib.suppress(OSError):
+            os.link(source, target)
+            return
+    shutil.copy2(source, target)
 
 
 class _Builder:
@@ -118,10 +122,10 @@ class _Builder:
                     f"{engine}: no TensorRT engine; build the engines with `clif-serve export --tensorrt` on the "
                     "serving GPU, or use --backend onnxruntime"
                 )
-            _place(engine, target / engine.name)
+            _place(engine, target / engine.name, link=True)
             return
         for source in sorted(self.folder.stage_dir(name).glob("model.onnx*")):
-            _place(source, target / source.name)
+            _place(source, target / source.name, link=True)
         if backend == "python":
             _place(self.template / STAGE_TEMPLATE / MODEL_PY, target / MODEL_PY)
             _place(self.folder.root / MANIFEST, target / MANIFEST)

@@ -164,3 +164,20 @@ def test_merged_export_routes_alike_on_every_backend(tiny_xl_export, tmp_path):
     assert routing.route(tiny_xl_export.deployment.merged_lora).stage == "unet"
     with pytest.raises(InputError, match="prompt: LoRA set 0+ cannot run here"):
         routing.route("0" * 16)
+
+
+def test_editing_a_repositorys_files_edits_nothing_else(tiny_export, tmp_path):
+    # Users edit model.py in their repositories; it (and the manifest) must not be the installed template's
+    # or the export's file under another name. Only the large weights are hard links.
+    first = build_repository(tiny_export.root, tmp_path / "first")
+    second = build_repository(tiny_export.root, tmp_path / "second")
+    template = template_dir() / "clif_pipeline" / "model.py"
+    original = template.read_bytes()
+    for name in ("clif_pipeline", "unet"):
+        for file in ("model.py", "manifest.json"):
+            (first / name / "1" / file).write_text("# edited\n")
+    assert template.read_bytes() == original
+    assert (tiny_export.root / "manifest.json").read_text() != "# edited\n"
+    assert (second / "clif_pipeline" / "1" / "model.py").read_bytes() == original
+    assert (second / "unet" / "1" / "manifest.json").read_bytes() == (tiny_export.root / "manifest.json").read_bytes()
+    assert (first / "unet" / "1" / "model.onnx").stat().st_ino == (second / "unet" / "1" / "model.onnx").stat().st_ino
