@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from clif_serve.contract.ranges import Range
 from clif_serve.contract.requests import RequestLimits, size_multiple
@@ -82,11 +83,16 @@ class Deployment:
             max_regions=self.region_slots,
         )
 
+    @cached_property
+    def _signatures(self) -> dict[str, StageSignature]:
+        # Built once: the sampling loop reads a stage's signature on every stage call.
+        return {stage: stage_signature(self.spec, stage, self.regions) for stage in self.stages}
+
     def signature(self, stage: str) -> StageSignature:
         """Inputs and outputs of one of this deployment's stages."""
-        if stage not in self.stages:
+        if stage not in self._signatures:
             raise KeyError(f"{stage!r} is not a stage of this deployment ({', '.join(self.stages)})")
-        return stage_signature(self.spec, stage, self.regions)
+        return self._signatures[stage]
 
     def routing(self, adapters: bool, regions: bool = True) -> LoraRouting:
         """The UNet routing on a backend that can (`adapters`) or cannot supply LoRA inputs the requests
