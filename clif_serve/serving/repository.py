@@ -17,7 +17,9 @@ where a request can reach it). Every Python-backend model gets the export manife
 defaults and limits (`request_parameters`). `--device cuda` writes the Python-backend models with
 KIND_GPU instances and the python stage models with `FORCE_CPU_ONLY_INPUT_TENSORS: no` (the
 GPU-resident BLS path, docs/performance.md section 4; not run here, no GPU). The repository is written to a temporary folder
-next to `out` and renamed into place.
+next to `out` and renamed into place. The weights (ONNX files, TensorRT engines) are hard links to
+the export's where the file system allows (writing into them in place changes the export); every
+other file is a copy of its own.
 """
 
 from __future__ import annotations
