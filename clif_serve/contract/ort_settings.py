@@ -39,8 +39,9 @@ class OrtSettings:
     """Session settings. Thread counts of 0 leave the choice to onnxruntime (one per physical core).
 
     `inter_op_threads` only matter with `parallel` (independent graph nodes run concurrently);
-    `spinning` is one of `SPINNING` (module docstring); `io_binding` makes the in-process executor
-    bind its tensors' memory instead of calling `run` (the served stages bind, except adapter runs).
+    `spinning` is one of `SPINNING` (module docstring); `io_binding` makes the executors bind their
+    tensors' memory on the host instead of calling `run` (in process and the served stages; CUDA stages
+    always bind, adapter runs never do).
     """
 
     intra_op_threads: int = 0

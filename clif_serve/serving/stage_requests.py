@@ -63,6 +63,7 @@ class StageRequestCheck:
         ranges = deployment.axis_ranges()
         multiple = deployment.limits.size_multiple
         self._dims = {tensor.name: [_dim(d, deployment, ranges, multiple) for d in tensor.dims[1:]] for tensor in self.tensors}
+        self._dtypes = {tensor.name: np.dtype(tensor.dtype) for tensor in self.tensors}
         encoder = next((e for e in deployment.spec.text_encoders if e.name == stage), None)
         # Token ids index the vocabulary, then the served concept table.
         self._id_limit = None if encoder is None else encoder.vocab_size + deployment.served_concept_rows
@@ -94,14 +95,15 @@ class StageRequestCheck:
 
     def _check_array(self, tensor: TensorSpec, array: np.ndarray) -> None:
         name = tensor.name
-        if dtype_name(array) != np.dtype(tensor.dtype).name:
+        expected = self._dtypes[name]
+        if not _has_dtype(array, expected):
             raise InputError(name, f"must be {tensor.dtype}, got {dtype_name(array)}")
         dims = self._dims[name]
         if array.ndim != len(dims) + 1:
             raise InputError(name, f"must have {len(dims) + 1} dimensions (batch first), got shape {list(array.shape)}")
         for axis, (dim, value) in enumerate(zip(dims, array.shape[1:], strict=True), start=1):
             dim.check(name, axis, value)
-        if np.dtype(tensor.dtype).kind == "f":
+        if expected.kind == "f":
             if not array_module(array).isfinite(array).all():
                 raise InputError(name, "contains NaN or Inf values")
         elif self._id_limit is not None and _size(array) and (array.min() < 0 or array.max() >= self._id_limit):
@@ -137,6 +139,12 @@ def _check_region_masks(masks: np.ndarray, latent: tuple[int, ...]) -> None:
         raise InputError(REGION_MASKS, "weights must lie in [0, 1]")
     if _size(masks) and masks.sum(axis=1).max() > 1 + OVERLAP_TOLERANCE:
         raise InputError(REGION_MASKS, "regions overlap: the slots' weights sum to more than 1 at some cell")
+
+
+def _has_dtype(array, expected: np.dtype) -> bool:
+    """Whether a numpy array or torch tensor holds `expected` (numpy compares dtypes directly: a dtype's
+    name is slow to build, and this runs for every tensor of every request)."""
+    return array.dtype == expected if isinstance(array, np.ndarray) else dtype_name(array) == expected.name
 
 
 def _size(array) -> int:

@@ -7,11 +7,14 @@ travel as per-sample concept tables; requests of different LoRA adapters never s
 LoRA bank of `unet_bank` exists for that: its slot index is one more per-sample input, and the bank
 itself is `resident`, the same OrtValues bound to every run).
 
-Runs go through IOBinding on the session's device (`OrtDevice`): inputs are bound from their memory
-(numpy on the host; CUDA torch tensors by device pointer) and outputs are allocated by onnxruntime
-on the same device and handed back over DLPack, so on CUDA no tensor crosses to the host. Adapter
-runs are the exception: onnxruntime applies LoRA adapters to `run` only, not to IOBinding runs, so
-they take the host path (`run` with numpy arrays). The CUDA side has not been run (no GPU here).
+On CUDA, runs go through IOBinding on the session's device (`OrtDevice`): inputs are bound from
+their memory (torch tensors by device pointer) and outputs are allocated by onnxruntime on the same
+device and handed back over DLPack, so no tensor crosses to the host. On the host, runs follow
+`OrtSettings.io_binding` like the in-process executor (default: plain `run`, which was ~0.5 ms per
+tiny UNet call faster than binding on a 2-core Intel Xeon, docs/performance.md section 1c); a stage
+with a resident LoRA bank always binds it. Adapter runs always use `run` with host arrays:
+onnxruntime applies LoRA adapters to `run` only, not to IOBinding runs. The CUDA side has not been
+run (no GPU here).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from clif_serve.contract.ort_settings import OrtSettings
-from clif_serve.runtime.ort_device import OrtDevice, dtype_name
+from clif_serve.runtime.ort_device import OrtDevice
 
 # name -> array (numpy on the host, torch on CUDA: `OrtDevice.asarray`)
 Feed = Mapping[str, object]
@@ -51,11 +54,13 @@ class StageRunner:
         self.output_names = tuple(output_names)
         self.adapter_options = adapter_options
         self.resident = dict(resident or {})
+        self.binds = device.is_cuda or settings.io_binding or bool(self.resident)
 
     def _group_key(self, feed: Feed, adapter: str | None) -> tuple:
         return (
             adapter,
-            tuple((name, tuple(feed[name].shape[1:]), dtype_name(feed[name])) for name in self.input_names),
+            # numpy and torch dtypes are hashable as they are (their names are slow to build)
+            tuple((name, tuple(feed[name].shape[1:]), feed[name].dtype) for name in self.input_names),
         )
 
     def _batch(self, feeds: Sequence[Feed]) -> dict:
@@ -64,12 +69,14 @@ class StageRunner:
             return {name: feeds[0][name] for name in self.input_names}
         return {name: self.device.concatenate([feed[name] for feed in feeds]) for name in self.input_names}
 
-    def _adapter_run(self, batch: dict, adapter: str) -> list:
-        """A run with a LoRA adapter: `run` on host arrays (adapters do not apply to IOBinding runs)."""
-        if self.adapter_options is None:
+    def _host_run(self, batch: dict, adapter: str | None) -> list:
+        """`run` on host arrays, with the LoRA `adapter` active if one is named (adapters do not apply to
+        IOBinding runs)."""
+        if adapter is not None and self.adapter_options is None:
             raise ValueError("this stage has no LoRA adapters")
         host = {name: self.device.to_host(array) for name, array in batch.items()}
-        outputs = self.session.run(self.output_names, host, self.adapter_options(adapter))
+        options = self.adapter_options(adapter) if adapter is not None else None
+        outputs = self.session.run(self.output_names, host, options)
         return [self.device.asarray(output) for output in outputs]
 
     def _bound_run(self, batch: dict) -> list:
@@ -95,7 +102,7 @@ class StageRunner:
         for (adapter, _), members in groups.items():
             try:
                 batch = self._batch([feeds[i] for i in members])
-                outputs = self._bound_run(batch) if adapter is None else self._adapter_run(batch, adapter)
+                outputs = self._bound_run(batch) if adapter is None and self.binds else self._host_run(batch, adapter)
             except Exception as exc:  # reported per request; the stage keeps serving
                 for index in members:
                     results[index] = exc

@@ -11,6 +11,7 @@ from google.protobuf.json_format import MessageToDict
 from tritonclient.grpc import model_config_pb2 as pb
 
 from clif_serve.cli import main
+from clif_serve.contract.ort_settings import OrtSettings
 from clif_serve.contract.stages import UNET, VAE_DECODER
 from clif_serve.errors import InputError
 from clif_serve.runtime.ort_device import OrtDevice
@@ -70,7 +71,10 @@ def test_instances_learn_their_device_from_triton():
 def test_bound_stage_runs_equal_plain_runs_bit_for_bit(tiny_export):
     """The stage runner's IOBinding path (inputs bound by pointer, outputs over DLPack) on the host."""
     signature = tiny_export.deployment.signature(UNET)
-    runner = StageRunner(tiny_export.onnx_path(UNET), signature.input_names, signature.output_names)
+    runner = StageRunner(
+        tiny_export.onnx_path(UNET), signature.input_names, signature.output_names, OrtSettings(io_binding=True)
+    )
+    assert runner.binds
     rng = np.random.default_rng(5)
     feeds = [
         {
@@ -84,6 +88,10 @@ def test_bound_stage_runs_equal_plain_runs_bit_for_bit(tiny_export):
     batch = {name: np.concatenate([feed[name] for feed in feeds]) for name in signature.input_names}
     (plain,) = runner.session.run(["noise_pred"], batch)
     assert np.array_equal(np.concatenate([r["noise_pred"] for r in together]), plain)
+    # The host default: `run`, like the in-process executor; the same numbers.
+    host = StageRunner(tiny_export.onnx_path(UNET), signature.input_names, signature.output_names)
+    assert not host.binds
+    assert np.array_equal(np.concatenate([r["noise_pred"] for r in host.run(feeds)]), plain)
 
 
 def test_request_checks_read_torch_tensors_like_numpy(tiny_export):
