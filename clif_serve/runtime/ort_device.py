@@ -45,6 +45,12 @@ def dtype_name(array) -> str:
     return str(array.dtype).removeprefix("torch.")
 
 
+def has_dtype(array, expected: np.dtype) -> bool:
+    """Whether a numpy array or torch tensor holds `expected` (numpy arrays compare dtypes directly: a
+    dtype's name is slow to build, and the stage checks ask this for every tensor of every request)."""
+    return array.dtype == expected if isinstance(array, np.ndarray) else dtype_name(array) == expected.name
+
+
 @dataclass(frozen=True)
 class OrtDevice:
     """`cpu`, or CUDA device `index`, of an onnxruntime session and of the arrays it runs on."""

@@ -32,7 +32,7 @@ from clif_serve.contract.deployment import Deployment
 from clif_serve.contract.stages import BATCH, CONCEPT_ROWS, REGION_MASKS, Axis, TensorSpec
 from clif_serve.errors import InputError
 from clif_serve.lora.weights import validate_set_id
-from clif_serve.runtime.ort_device import array_module, dtype_name
+from clif_serve.runtime.ort_device import array_module, dtype_name, has_dtype
 from clif_serve.runtime.regions import OVERLAP_TOLERANCE
 from clif_serve.serving.signatures import request_tensors
 
@@ -96,7 +96,7 @@ class StageRequestCheck:
     def _check_array(self, tensor: TensorSpec, array: np.ndarray) -> None:
         name = tensor.name
         expected = self._dtypes[name]
-        if not _has_dtype(array, expected):
+        if not has_dtype(array, expected):
             raise InputError(name, f"must be {tensor.dtype}, got {dtype_name(array)}")
         dims = self._dims[name]
         if array.ndim != len(dims) + 1:
@@ -139,12 +139,6 @@ def _check_region_masks(masks: np.ndarray, latent: tuple[int, ...]) -> None:
         raise InputError(REGION_MASKS, "weights must lie in [0, 1]")
     if _size(masks) and masks.sum(axis=1).max() > 1 + OVERLAP_TOLERANCE:
         raise InputError(REGION_MASKS, "regions overlap: the slots' weights sum to more than 1 at some cell")
-
-
-def _has_dtype(array, expected: np.dtype) -> bool:
-    """Whether a numpy array or torch tensor holds `expected` (numpy compares dtypes directly: a dtype's
-    name is slow to build, and this runs for every tensor of every request)."""
-    return array.dtype == expected if isinstance(array, np.ndarray) else dtype_name(array) == expected.name
 
 
 def _size(array) -> int:
