@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import statistics
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from clif_serve.bench.environment import describe_environment
 from clif_serve.bench.results import write_results
+from clif_serve.bench.stats import spread
 from clif_serve.serving.launcher import Ports, TritonServer
 
 MODELS = Path(__file__).resolve().parent / "bls_floor_models"
@@ -107,10 +107,6 @@ def measure(client: grpcclient.InferenceServerClient, hold_ms: int, calls: int) 
     }
 
 
-def summarise(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def run(calls: int, rounds: int, warmup: int) -> dict:
     """Every (hold, idle policy) cell in each of `rounds` interleaved rounds."""
     policies = [False, True] if can_hold_cpu_latency() else [False]
@@ -130,7 +126,7 @@ def run(calls: int, rounds: int, warmup: int) -> dict:
         hold, held = key.split("|")
         row = {"hold_ms": int(hold), "cpu_latency_held": held == "True", "rounds": measured}
         for metric in measured[0]:
-            row[metric] = summarise([cell[metric] for cell in measured])
+            row[metric] = spread([cell[metric] for cell in measured])
         rows.append(row)
     return {"calls_per_cell": calls, "rounds": rounds, "sample": [2, 4, SIDE, SIDE], "rows": rows}
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from clif_serve.bench.baselines import stand_in_packs
 from clif_serve.bench.load import run_load
 from clif_serve.bench.server_stats import difference, snapshot, stage_call_overheads
+from clif_serve.bench.stats import spread
 from clif_serve.bench.suite import MIXED_WORDS, PAIR, PROMPT
 from clif_serve.bench.timed_executor import UNET_STEP, TimedExecutor
 from clif_serve.concepts.create import new_pack
@@ -212,13 +213,10 @@ def summarise(rounds: list[dict], names: Sequence[str]) -> dict:
         rows = [r["variants"][name] for r in rounds]
         figures = {}
         for key in RATIOS:
-            values = sorted(row[key] for row in rows)
-            figures[key] = {"median": _p50(values), "min": values[0], "max": values[-1]}
+            figures[key] = spread([row[key] for row in rows])
         for kind in ("single", "mixed"):
-            values = sorted(row[kind]["throughput_rps"] for row in rows)
-            figures[f"{kind}_throughput_rps"] = {"median": _p50(values), "min": values[0], "max": values[-1]}
-        values = sorted(row["served"]["p50_ms"] for row in rows)
-        figures["served_p50_ms"] = {"median": _p50(values), "min": values[0], "max": values[-1]}
+            figures[f"{kind}_throughput_rps"] = spread([row[kind]["throughput_rps"] for row in rows])
+        figures["served_p50_ms"] = spread([row["served"]["p50_ms"] for row in rows])
         summary[name] = figures
     return summary
 

@@ -1,7 +1,8 @@
-"""Latency summaries: percentiles over a fixed number of timed requests."""
+"""Summaries: latency percentiles over a fixed number of timed requests; a figure's spread over rounds."""
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,3 +31,10 @@ class LatencySummary:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """A figure measured once per round: its median, min and max (how the benchmarks report a goal)."""
+    if not values:
+        raise ValueError("no rounds to summarise")
+    return {"median": float(statistics.median(values)), "min": min(values), "max": max(values)}

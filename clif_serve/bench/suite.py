@@ -25,7 +25,7 @@ from clif_serve.bench.environment import describe_environment
 from clif_serve.bench.load import LoadResult, run_load
 from clif_serve.bench.lora_bank import lora_sets_throughput, step_overhead
 from clif_serve.bench.server_stats import difference, per_pipeline_request, snapshot, stage_call_overheads
-from clif_serve.bench.stats import LatencySummary
+from clif_serve.bench.stats import LatencySummary, spread
 from clif_serve.bench.timed_executor import UNET_STEP, TimedExecutor
 from clif_serve.concepts.create import new_pack
 from clif_serve.concepts.registry import ConceptRegistry
@@ -282,13 +282,10 @@ def verdict(values: list[float], op: str, target: float) -> str:
 
 def goal_row(goal: str, values: list[float], op: str, target: float) -> dict:
     """One goal: its per-round figures, their median and range, and the verdict."""
-    ordered = sorted(values)
     return {
         "goal": goal,
         "rounds": values,
-        "median": float(statistics.median(ordered)),
-        "min": ordered[0],
-        "max": ordered[-1],
+        **spread(values),
         "op": op,
         "target": target,
         "verdict": verdict(values, op, target),
